@@ -1,0 +1,17 @@
+//! CPU kernels, one file per kernel family.
+pub mod conv;
+pub mod elementwise;
+pub mod float;
+pub mod gemm;
+pub mod index;
+pub mod loss;
+pub mod norm;
+pub mod optim;
+pub mod parallel;
+pub mod pool;
+pub mod reduce;
+pub mod simd;
+pub mod softmax;
+pub mod strided;
+
+pub use float::Float;

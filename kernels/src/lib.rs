@@ -1,0 +1,10 @@
+//! # flamingo-kernels
+//!
+//! Raw compute on slices: no `Tensor` type, no autodiff. The engine (`flamingo-engine`) owns layouts
+//! and gradients and calls into these functions.
+//!
+//! - [`cpu`]: rayon-parallel kernels with loops the compiler vectorises (AVX-512/AVX2 selected at
+//!   run time). Every reduction has a fixed order, so results do not depend on the thread count.
+//! - [`reference`]: plain, obviously-correct loops used by tests to check the fast kernels.
+pub mod cpu;
+pub mod reference;

@@ -1,0 +1,1 @@
+//! Flamingo model components; built in the model issue on top of `flamingo-engine`.
