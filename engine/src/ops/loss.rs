@@ -1,0 +1,74 @@
+//! Losses and regularisers: fused softmax cross-entropy (ignore index, label smoothing),
+//! L2 normalisation, seeded dropout.
+use super::{float_only, via_f32, with_float_type};
+use crate::{DType, Error, Result, Rng, Tensor};
+use flamingo_kernels::cpu::loss as k;
+
+impl Tensor {
+    /// Mean cross-entropy of `self` (logits `[..., classes]`) against i64 `targets` (`[...]`),
+    /// over the targets not equal to `ignore_index`; `label_smoothing` as in PyTorch. Fused: the
+    /// probabilities are never stored. If every target is ignored the result is NaN (as PyTorch).
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>, label_smoothing: f64) -> Result<Tensor> {
+        const NAME: &str = "cross_entropy";
+        float_only(NAME, self)?;
+        if self.rank() < 1 || targets.shape() != &self.shape()[..self.rank() - 1] {
+            return Err(Error::shape_mismatch(NAME, self.shape(), targets.shape(), "targets must have the logits' shape without the class axis"));
+        }
+        if targets.dtype() != DType::I64 {
+            return Err(Error::DTypeMismatch { op: NAME, lhs: DType::I64, rhs: targets.dtype() });
+        }
+        if !(0.0..=1.0).contains(&label_smoothing) {
+            return Err(Error::Msg(format!("{NAME}: label_smoothing must be in [0, 1], got {label_smoothing}")));
+        }
+        if let Some(r) = via_f32(&[self], |t| t[0].cross_entropy(targets, ignore_index, label_smoothing))? {
+            return Ok(r);
+        }
+        let v = *self.shape().last().unwrap();
+        let tg: Vec<Option<usize>> = targets
+            .to_vec::<i64>()?
+            .into_iter()
+            .map(|t| match t {
+                t if Some(t) == ignore_index => Ok(None),
+                t if t >= 0 && (t as usize) < v => Ok(Some(t as usize)),
+                t => Err(Error::IndexOutOfRange { op: NAME, index: t, size: v }),
+            })
+            .collect::<Result<_>>()?;
+        let count = tg.iter().filter(|t| t.is_some()).count();
+        with_float_type!(NAME, self.dtype(), T => {
+            let (losses, lse) = self.with_contiguous::<T, _>(NAME, |x| k::cross_entropy_rows(x, v, &tg, label_smoothing))?;
+            let total: f64 = losses.iter().map(|&l| l as f64).sum();
+            let mean = (total / count as f64) as T;
+            Ok(Tensor::op_result(vec![mean], &[], NAME, &[self], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let gscale = g.to_scalar::<f64>()? / count as f64;
+                    let scale = vec![gscale as T; tg.len()];
+                    let mut dx = vec![0 as T; inp[0].numel()];
+                    inp[0].with_contiguous::<T, _>(NAME, |x| k::cross_entropy_rows_backward(x, v, &tg, &lse, label_smoothing, &scale, &mut dx))?;
+                    Ok(vec![Some(Tensor::from_vec(dx, inp[0].shape())?)])
+                })
+            }))
+        })
+    }
+
+    /// `x / max(‖x‖₂, eps)` along `axis` (as `torch.nn.functional.normalize`).
+    pub fn l2_normalize(&self, ax: isize, eps: f64) -> Result<Tensor> {
+        let norm = self.square()?.sum(&[ax], true)?.sqrt()?;
+        let floor = Tensor::full(&[], eps, self.dtype(), self.device());
+        self.div(&norm.maximum(&floor)?)
+    }
+
+    /// Inverted dropout: zeroes each element with probability `p` and scales the rest by
+    /// 1/(1−p). Identity when `train` is false or `p` is 0. The mask comes from `rng`.
+    pub fn dropout(&self, p: f64, train: bool, rng: &mut Rng) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::Msg(format!("dropout: p must be in [0, 1), got {p}")));
+        }
+        if !train || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let keep = 1.0 / (1.0 - p);
+        let mask: Vec<f64> = (0..self.numel()).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
+        let mask = Tensor::from_vec(mask, self.shape())?.to_dtype(self.dtype())?;
+        self.mul(&mask)
+    }
+}

@@ -1,0 +1,99 @@
+//! Matrix products with batch broadcasting (`[..., m, k] × [..., k, n]`) and `linear`.
+//! Operands are read through their strides, so transposed views multiply without copies.
+use super::{needs, same_kind, via_f32, with_float_type};
+use crate::layout::broadcast_shapes;
+use crate::{Error, FloatElement, Result, Tensor};
+use flamingo_kernels::cpu::gemm::{batched_matmul, MatRef};
+
+/// Offsets of each batch entry for a tensor whose batch dims broadcast to `batch`.
+fn batch_offsets(t: &Tensor, batch: &[usize]) -> Result<Vec<usize>> {
+    let r = t.rank();
+    let bl = crate::layout::Layout {
+        shape: t.shape()[..r - 2].to_vec(),
+        strides: t.strides()[..r - 2].to_vec(),
+        offset: t.layout().offset,
+    }
+    .broadcast_to(batch, "matmul")?;
+    let total: usize = batch.iter().product();
+    let mut out = Vec::with_capacity(total);
+    for i in 0..total {
+        out.push(flamingo_kernels::cpu::strided::row_offset(
+            &[batch, &[1]].concat(),
+            &[bl.strides.as_slice(), &[0]].concat(),
+            bl.offset,
+            i,
+        ));
+    }
+    Ok(out)
+}
+
+fn matmul_raw<T: FloatElement>(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize, n: usize) -> Result<Vec<T>> {
+    let (ra, rb) = (a.rank(), b.rank());
+    let la = MatRef { offset: 0, rs: a.strides()[ra - 2] as isize, cs: a.strides()[ra - 1] as isize };
+    let lb = MatRef { offset: 0, rs: b.strides()[rb - 2] as isize, cs: b.strides()[rb - 1] as isize };
+    let (oa, ob) = (batch_offsets(a, batch)?, batch_offsets(b, batch)?);
+    let mut out = vec![T::zero(); batch.iter().product::<usize>() * m * n];
+    a.with_strided::<T, _>("matmul", |da, _| b.with_strided::<T, _>("matmul", |db, _| batched_matmul(da, &oa, la, db, &ob, lb, m, n, k, &mut out)))??;
+    Ok(out)
+}
+
+impl Tensor {
+    /// Matrix product with NumPy semantics: `[..., m, k] × [..., k, n] → [..., m, n]`, batch
+    /// dimensions broadcast; a 1-D operand is treated as a row (lhs) or column (rhs) vector.
+    pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
+        same_kind("matmul", self, rhs)?;
+        if let Some(r) = via_f32(&[self, rhs], |t| t[0].matmul(&t[1]))? {
+            return Ok(r);
+        }
+        if self.rank() == 0 || rhs.rank() == 0 {
+            return Err(Error::shape_mismatch("matmul", self.shape(), rhs.shape(), "operands need at least 1 dimension"));
+        }
+        if self.rank() == 1 {
+            return self.unsqueeze(0)?.matmul(rhs)?.squeeze(-2);
+        }
+        if rhs.rank() == 1 {
+            return self.matmul(&rhs.unsqueeze(1)?)?.squeeze(-1);
+        }
+        let (ra, rb) = (self.rank(), rhs.rank());
+        let (m, k) = (self.shape()[ra - 2], self.shape()[ra - 1]);
+        let (k2, n) = (rhs.shape()[rb - 2], rhs.shape()[rb - 1]);
+        if k != k2 {
+            return Err(Error::shape_mismatch("matmul", self.shape(), rhs.shape(), format!("inner dimensions differ: {k} vs {k2}")));
+        }
+        let batch = broadcast_shapes("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2])?;
+        let mut out_shape = batch.clone();
+        out_shape.extend_from_slice(&[m, n]);
+        with_float_type!("matmul", self.dtype(), T => {
+            let data = matmul_raw::<T>(self, rhs, &batch, m, k, n)?;
+            Ok(Tensor::op_result(data, &out_shape, "matmul", &[self, rhs], |_| {
+                Box::new(|g: &Tensor, inp: &[Tensor]| {
+                    let (a, b) = (&inp[0], &inp[1]);
+                    // Frozen operands get no gradient and their weight-gradient product is skipped.
+                    let ga = if needs(inp, 0) { Some(g.matmul(&b.t()?)?.sum_to(a.shape())?) } else { None };
+                    let gb = if needs(inp, 1) { Some(a.t()?.matmul(g)?.sum_to(b.shape())?) } else { None };
+                    Ok(vec![ga, gb])
+                })
+            }))
+        })
+    }
+
+    /// `x · Wᵀ + b` with `x [..., in]`, `weight [out, in]` (PyTorch layout), `bias [out]`.
+    pub fn linear(&self, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if weight.rank() != 2 || self.rank() == 0 || *self.shape().last().unwrap() != weight.shape()[1] {
+            return Err(Error::shape_mismatch("linear", self.shape(), weight.shape(), "expected x [..., in] and weight [out, in]"));
+        }
+        let lead = &self.shape()[..self.rank() - 1];
+        // Flatten leading dims so the weight gradient is one large product, not a batched one.
+        let x2 = self.reshape(&[lead.iter().product(), weight.shape()[1]])?;
+        let mut y = x2.matmul(&weight.t()?)?;
+        if let Some(b) = bias {
+            if b.shape() != [weight.shape()[0]] {
+                return Err(Error::shape_mismatch("linear", weight.shape(), b.shape(), "bias must be [out]"));
+            }
+            y = y.add(b)?;
+        }
+        let mut out_shape = lead.to_vec();
+        out_shape.push(weight.shape()[0]);
+        y.reshape(&out_shape)
+    }
+}

@@ -1,0 +1,49 @@
+//! Layer normalisation over the last axis, with a fused forward and backward kernel.
+use super::{float_only, needs, via_f32, with_float_type};
+use crate::{Error, Result, Tensor};
+use flamingo_kernels::cpu::norm as k;
+
+impl Tensor {
+    /// `(x − mean)/sqrt(var + eps) · weight + bias` over the last axis (biased variance, as
+    /// PyTorch). `weight`/`bias` are `[n]` or absent.
+    pub fn layer_norm(&self, weight: Option<&Tensor>, bias: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        float_only("layer_norm", self)?;
+        let n = *self.shape().last().ok_or_else(|| Error::shape("layer_norm", self.shape(), "needs at least 1 dimension"))?;
+        for p in [weight, bias].into_iter().flatten() {
+            if p.shape() != [n] {
+                return Err(Error::shape_mismatch("layer_norm", self.shape(), p.shape(), format!("weight and bias must be [{n}]")));
+            }
+            super::same_kind("layer_norm", self, p)?;
+        }
+        let zero = Tensor::zeros(&[n], self.dtype(), self.device());
+        let one = Tensor::ones(&[n], self.dtype(), self.device());
+        let (w, b) = (weight.cloned().unwrap_or(one), bias.cloned().unwrap_or(zero));
+        if let Some(r) = via_f32(&[self, &w, &b], |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), eps))? {
+            return Ok(r);
+        }
+        let rows = self.numel() / n.max(1);
+        with_float_type!("layer_norm", self.dtype(), T => {
+            let mut out = vec![T::zero(); self.numel()];
+            let mut mean = vec![T::zero(); rows];
+            let mut rstd = vec![T::zero(); rows];
+            self.with_contiguous::<T, _>("layer_norm", |x| w.with_contiguous::<T, _>("layer_norm", |ws| b.with_contiguous::<T, _>("layer_norm", |bs| {
+                k::layer_norm_rows(x, n, Some(ws), Some(bs), eps, &mut out, &mut mean, &mut rstd)
+            })))???;
+            Ok(Tensor::op_result(out, self.shape(), "layer_norm", &[self, &w, &b], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let (x, w) = (&inp[0], &inp[1]);
+                    let want_params = needs(inp, 1) || needs(inp, 2);
+                    let mut dx = if needs(inp, 0) { Some(vec![T::zero(); x.numel()]) } else { None };
+                    let (dg, db) = x.with_contiguous::<T, _>("layer_norm_backward", |xs| g.with_contiguous::<T, _>("layer_norm_backward", |gs| w.with_contiguous::<T, _>("layer_norm_backward", |ws| {
+                        k::layer_norm_rows_backward(xs, gs, n, Some(ws), &mean, &rstd, dx.as_deref_mut(), want_params)
+                    })))???;
+                    Ok(vec![
+                        dx.map(|d| Tensor::from_vec(d, x.shape())).transpose()?,
+                        if needs(inp, 1) { Some(Tensor::from_vec(dg, &[n])?) } else { None },
+                        if needs(inp, 2) { Some(Tensor::from_vec(db, &[n])?) } else { None },
+                    ])
+                })
+            }))
+        })
+    }
+}

@@ -1,0 +1,78 @@
+//! A named parameter store: dotted hierarchical names (`perceiver.layers.0.norm.weight`) mapped
+//! to leaf tensors, with freezing and safetensors round trips.
+use crate::{Error, Result, Tensor};
+use std::collections::BTreeMap;
+
+/// Parameters by name, kept sorted so iteration (and saved files) are deterministic.
+#[derive(Clone, Default)]
+pub struct ParamStore {
+    params: BTreeMap<String, Tensor>,
+}
+
+impl ParamStore {
+    pub fn new() -> ParamStore {
+        ParamStore::default()
+    }
+
+    /// Registers `tensor` under `name` as a leaf with the given `requires_grad` and returns the
+    /// stored handle (use it in the forward pass). Errors if the name is taken.
+    pub fn insert(&mut self, name: &str, tensor: &Tensor, requires_grad: bool) -> Result<Tensor> {
+        if self.params.contains_key(name) {
+            return Err(Error::Msg(format!("parameter `{name}` is already registered")));
+        }
+        let t = tensor.detach().contiguous()?.requires_grad_(requires_grad);
+        self.params.insert(name.to_string(), t.clone());
+        Ok(t)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.params.get(name)
+    }
+
+    /// Like `get`, but an error naming the missing parameter.
+    pub fn require(&self, name: &str) -> Result<&Tensor> {
+        self.params.get(name).ok_or_else(|| Error::Msg(format!("no parameter named `{name}`")))
+    }
+
+    pub fn len(&self) -> usize {
+        self.params.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.params.is_empty()
+    }
+    /// `(name, tensor)` in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Tensor)> {
+        self.params.iter()
+    }
+    pub fn names(&self) -> Vec<String> {
+        self.params.keys().cloned().collect()
+    }
+    /// Parameters that require grad.
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        self.params.iter().filter(|(_, t)| t.requires_grad()).map(|(n, t)| (n.clone(), t.clone())).collect()
+    }
+    /// Total number of scalar parameters (all, or only trainable).
+    pub fn count(&self, trainable_only: bool) -> usize {
+        self.params.values().filter(|t| !trainable_only || t.requires_grad()).map(|t| t.numel()).sum()
+    }
+
+    /// Sets `requires_grad` on every parameter whose name starts with `prefix`. The tensors are
+    /// re-wrapped (same storage), so fetch handles again after freezing.
+    pub fn set_trainable(&mut self, prefix: &str, trainable: bool) -> usize {
+        let mut n = 0;
+        for (name, t) in self.params.iter_mut() {
+            if name.starts_with(prefix) && t.requires_grad() != trainable {
+                *t = t.requires_grad_(trainable);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Clears every gradient.
+    pub fn zero_grad(&self) {
+        for t in self.params.values() {
+            t.zero_grad();
+        }
+    }
+}
