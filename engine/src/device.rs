@@ -1,8 +1,9 @@
 //! Where a tensor's storage lives. The CPU today; the CUDA backend adds `Cuda(ordinal)`.
 
 /// A compute device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Device {
+    #[default]
     Cpu,
 }
 

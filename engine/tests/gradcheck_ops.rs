@@ -1,0 +1,180 @@
+//! Finite-difference gradient checks (f64 central differences) for every differentiable op, over
+//! random shapes (proptest), including broadcasting and non-contiguous (transposed/narrowed) inputs.
+mod common;
+use common::{gradcheck, rand};
+use flamingo_engine::{ConvParams, DType, Rng, Tensor};
+use proptest::prelude::*;
+
+fn cfg() -> ProptestConfig {
+    ProptestConfig { cases: 12, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+/// A shape of rank 1..=3 with dims 1..=4, and a second shape broadcastable to it.
+fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
+    prop::collection::vec(1usize..=4, 1..=3).prop_flat_map(|a| {
+        let n = a.len();
+        (Just(a), prop::collection::vec(any::<bool>(), n), 0..=n)
+    })
+    .prop_map(|(a, ones, drop)| {
+        let b: Vec<usize> = a.iter().zip(&ones).map(|(&d, &one)| if one { 1 } else { d }).collect();
+        (a, b[drop.min(b.len() - 1)..].to_vec())
+    })
+}
+
+proptest! {
+    #![proptest_config(cfg())]
+
+    #[test]
+    fn binary_ops_broadcast((sa, sb) in broadcast_pair(), seed in 0u64..1000) {
+        let a = rand(&sa, -1.0, 1.0, seed);
+        let b = rand(&sb, 0.5, 1.5, seed + 1);
+        gradcheck("add", |x| x[0].add(&x[1]), &[a.clone(), b.clone()]);
+        gradcheck("sub", |x| x[1].sub(&x[0]), &[a.clone(), b.clone()]);
+        gradcheck("mul", |x| x[0].mul(&x[1]), &[a.clone(), b.clone()]);
+        gradcheck("div", |x| x[0].div(&x[1]), &[a.clone(), b.clone()]);
+        gradcheck("maximum", |x| x[0].maximum(&x[1].affine(1.0, -1.0)?), &[a.clone(), b.clone()]);
+        gradcheck("minimum", |x| x[0].minimum(&x[1].affine(1.0, -1.0)?), &[a, b]);
+    }
+
+    #[test]
+    fn binary_ops_non_contiguous(m in 1usize..5, n in 1usize..5, seed in 0u64..1000) {
+        // Leaves are [n, m]; the op sees their transposes [m, n] (strided views).
+        let a = rand(&[n, m], -1.0, 1.0, seed);
+        let b = rand(&[n, m], 0.5, 1.5, seed + 7);
+        gradcheck("mul(t, t)", |x| x[0].t()?.mul(&x[1].t()?), &[a.clone(), b.clone()]);
+        gradcheck("div(t, row of t)", |x| x[0].t()?.div(&x[1].t()?.narrow(0, 0, 1)?), &[a, b]);
+    }
+
+    #[test]
+    fn unary_ops(shape in prop::collection::vec(1usize..5, 1..=3), seed in 0u64..1000) {
+        let x = rand(&shape, -2.0, 2.0, seed);
+        let pos = rand(&shape, 0.3, 2.0, seed + 3);
+        for (name, f) in [
+            ("neg", Tensor::neg as fn(&Tensor) -> _),
+            ("exp", Tensor::exp),
+            ("tanh", Tensor::tanh),
+            ("sigmoid", Tensor::sigmoid),
+            ("relu", Tensor::relu),
+            ("gelu", Tensor::gelu),
+            ("gelu_tanh", Tensor::gelu_tanh),
+            ("silu", Tensor::silu),
+            ("square", Tensor::square),
+            ("abs", Tensor::abs),
+        ] {
+            gradcheck(name, |t| f(&t[0]), &[x.clone()]);
+        }
+        for (name, f) in [("log", Tensor::log as fn(&Tensor) -> _), ("sqrt", Tensor::sqrt), ("rsqrt", Tensor::rsqrt)] {
+            gradcheck(name, |t| f(&t[0]), &[pos.clone()]);
+        }
+        gradcheck("powf", |t| t[0].powf(1.7), &[pos.clone()]);
+        gradcheck("affine", |t| t[0].affine(-3.0, 0.5), &[x.clone()]);
+        // Unary op on a non-contiguous view.
+        if shape.len() >= 2 {
+            gradcheck("gelu(transpose)", |t| t[0].transpose(0, -1)?.gelu(), &[x]);
+        }
+    }
+
+    #[test]
+    fn reductions(shape in prop::collection::vec(1usize..5, 1..=3), seed in 0u64..1000, ax in 0usize..3, keep in any::<bool>()) {
+        let x = rand(&shape, -2.0, 2.0, seed);
+        let a = (ax % shape.len()) as isize;
+        gradcheck("sum", |t| t[0].sum(&[a], keep), &[x.clone()]);
+        gradcheck("sum_all", |t| t[0].sum_all(), &[x.clone()]);
+        gradcheck("mean", |t| t[0].mean(&[a], keep), &[x.clone()]);
+        gradcheck("var", |t| t[0].var(&[a], keep, true), &[x.clone()]);
+        gradcheck("max", |t| t[0].max(a, keep), &[x.clone()]);
+        gradcheck("logsumexp", |t| t[0].logsumexp(a, keep), &[x.clone()]);
+        gradcheck("softmax", |t| t[0].softmax(a), &[x.clone()]);
+        gradcheck("log_softmax", |t| t[0].log_softmax(a), &[x.clone()]);
+        if shape.len() >= 2 {
+            // Two axes at once, non-adjacent when rank 3.
+            gradcheck("sum(0,-1)", |t| t[0].sum(&[0, -1], keep), &[x.clone()]);
+            gradcheck("softmax(transposed)", |t| t[0].transpose(0, -1)?.softmax(-1), &[x]);
+        }
+    }
+
+    #[test]
+    fn matmul_batched_broadcast(b in 1usize..3, m in 1usize..4, k in 1usize..5, n in 1usize..4, seed in 0u64..1000) {
+        let a = rand(&[b, m, k], -1.0, 1.0, seed);
+        let w = rand(&[k, n], -1.0, 1.0, seed + 1);
+        gradcheck("matmul [b,m,k]x[k,n]", |t| t[0].matmul(&t[1]), &[a.clone(), w.clone()]);
+        // Transposed operand read through strides: w stored as [n, k].
+        let wt = rand(&[n, k], -1.0, 1.0, seed + 2);
+        gradcheck("matmul with transposed rhs", |t| t[0].matmul(&t[1].t()?), &[a.clone(), wt.clone()]);
+        let bias = rand(&[n], -1.0, 1.0, seed + 3);
+        gradcheck("linear", |t| t[0].linear(&t[1], Some(&t[2])), &[a.clone(), wt, bias]);
+        let v = rand(&[k], -1.0, 1.0, seed + 4);
+        gradcheck("matmul matrix-vector", |t| t[0].matmul(&t[1]), &[a.clone(), v]);
+        let bb = rand(&[b, 1, k, n], -1.0, 1.0, seed + 5);
+        gradcheck("matmul batch broadcast", |t| t[0].matmul(&t[1]), &[a, bb]);
+    }
+
+    #[test]
+    fn layer_norm(rows in 1usize..4, n in 2usize..7, seed in 0u64..1000) {
+        let x = rand(&[rows, n], -2.0, 2.0, seed);
+        let g = rand(&[n], 0.5, 1.5, seed + 1);
+        let b = rand(&[n], -0.5, 0.5, seed + 2);
+        gradcheck("layer_norm", |t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5), &[x.clone(), g, b]);
+        gradcheck("layer_norm no affine (transposed input)", |t| t[0].t()?.layer_norm(None, None, 1e-5), &[x]);
+    }
+
+    #[test]
+    fn indexing_and_joining(v in 2usize..6, d in 1usize..4, seed in 0u64..1000) {
+        let table = rand(&[v, d], -1.0, 1.0, seed);
+        let ids = Tensor::from_vec(vec![0i64, (v - 1) as i64, 1, 0], &[2, 2]).unwrap();
+        gradcheck("embedding (repeated ids)", |t| t[0].embedding(&ids), &[table.clone()]);
+        let idx = Tensor::from_vec(vec![(d - 1) as i64, 0], &[2]).unwrap();
+        gradcheck("index_select axis 1", |t| t[0].index_select(1, &idx), &[table.clone()]);
+        let other = rand(&[1, d], -1.0, 1.0, seed + 1);
+        gradcheck("concat", |t| Tensor::concat(&[&t[0], &t[1]], 0), &[table.clone(), other.clone()]);
+        gradcheck("stack", |t| Tensor::stack(&[&t[0].narrow(0, 0, 1)?, &t[1]], 1), &[table.clone(), other]);
+        gradcheck("split", |t| { let p = t[0].split(&[1, v - 1], 0)?; p[1].mul(&p[1]) }, &[table.clone()]);
+        gradcheck("chunk", |t| { let p = t[0].chunk(2, 0)?; p[0].sum_all()?.mul(&p[p.len() - 1].sum_all()?) }, &[table.clone()]);
+        gradcheck("pad", |t| t[0].pad(&[(1, 0), (0, 2)], 0.5), &[table.clone()]);
+        gradcheck("views", |t| t[0].unsqueeze(0)?.permute(&[2, 0, 1])?.reshape(&[d * v])?.broadcast_as(&[3, d * v]), &[table]);
+    }
+
+    #[test]
+    fn conv_and_pool(n in 1usize..3, cg in 1usize..3, groups in 1usize..3, h in 3usize..6, stride in 1usize..3, seed in 0u64..1000) {
+        let c = cg * groups;
+        let o = 2 * groups;
+        let x = rand(&[n, c, h, h + 1], -1.0, 1.0, seed);
+        let w = rand(&[o, cg, 3, 3], -1.0, 1.0, seed + 1);
+        let b = rand(&[o], -1.0, 1.0, seed + 2);
+        let p = ConvParams { stride: (stride, stride), padding: (0, 1, 1, 0), groups };
+        gradcheck("conv2d", |t| t[0].conv2d(&t[1], Some(&t[2]), &p), &[x.clone(), w, b]);
+        let w1 = rand(&[o, cg, 1, 1], -1.0, 1.0, seed + 3);
+        gradcheck("conv2d 1x1", |t| t[0].conv2d(&t[1], None, &ConvParams::default().with_groups(groups)), &[x.clone(), w1]);
+        gradcheck("avg_pool2d", |t| t[0].avg_pool2d((2, 2), (stride, stride)), &[x.clone()]);
+        gradcheck("mean_spatial", |t| t[0].mean_spatial(), &[x]);
+    }
+
+    #[test]
+    fn losses(rows in 1usize..5, v in 2usize..6, smoothing in 0.0f64..0.3, seed in 0u64..1000) {
+        let logits = rand(&[rows, v], -2.0, 2.0, seed);
+        let mut rng = Rng::new(seed);
+        let mut tg: Vec<i64> = (0..rows).map(|_| rng.below(v as u64) as i64).collect();
+        if rows > 1 { tg[0] = -100; }
+        let targets = Tensor::from_vec(tg, &[rows]).unwrap();
+        gradcheck("cross_entropy", |t| t[0].cross_entropy(&targets, Some(-100), smoothing), &[logits.clone()]);
+        gradcheck("l2_normalize", |t| t[0].l2_normalize(-1, 1e-12), &[logits.clone()]);
+        gradcheck("dropout", |t| t[0].dropout(0.3, true, &mut Rng::new(seed)), &[logits.clone()]);
+        let mask = logits.gt(&Tensor::scalar(0.0, DType::F64)).unwrap();
+        let other = rand(&[v], -1.0, 1.0, seed + 9);
+        gradcheck("where_cond", |t| Tensor::where_cond(&mask, &t[0], &t[1]), &[logits.clone(), other]);
+        gradcheck("masked_fill", |t| t[0].masked_fill(&mask, -3.0), &[logits]);
+    }
+}
+
+#[test]
+fn dtype_conversion_is_differentiable() {
+    // f64 → f32 → f64 loses precision, so check the chain rule directly instead of by differences.
+    let x = rand(&[3, 2], -1.0, 1.0, 5).requires_grad_(true);
+    let y = x.to_dtype(DType::F32).unwrap().square().unwrap().sum_all().unwrap();
+    y.backward().unwrap();
+    let g = x.grad().unwrap();
+    assert_eq!(g.dtype(), DType::F64);
+    for (gv, xv) in g.to_vec::<f64>().unwrap().iter().zip(x.to_vec::<f64>().unwrap()) {
+        assert!((gv - 2.0 * xv).abs() < 1e-6);
+    }
+}
