@@ -1,1 +1,112 @@
+//! # flamingo-benches
+//!
+//! Named benchmark suites shared by `flamingo bench` and the criterion benches, plus the timing
+//! method both use. PyTorch counterparts with the same cases, shapes and timing method live in
+//! `benches/torch/` (e.g. `benches/torch/ops_bench.py`), so the two can be run side by side.
+//!
+//! Timing method (identical in `benches/torch/ops_bench.py`): warm up for ≥ 3 calls and ~0.3 s,
+//! then group calls so each sample lasts ≥ 20 ms, and report the median per-call time of 21
+//! samples (15 with `quick`).
+use flamingo_engine::{no_grad, DType, Rng, Tensor};
+use serde::Serialize;
+use std::time::Instant;
 
+pub mod suites;
+
+/// One measured case: the JSON row printed by `flamingo bench --json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub suite: String,
+    pub case: String,
+    pub device: String,
+    pub dtype: String,
+    pub shape: String,
+    pub median_ms: f64,
+    pub gflops: f64,
+}
+
+/// A prepared case: `run` performs one call of the measured work.
+pub struct Case {
+    pub name: &'static str,
+    pub shape: String,
+    pub dtype: DType,
+    /// Floating-point operations per call (by the convention stated for each case).
+    pub flops: f64,
+    pub run: Box<dyn FnMut()>,
+}
+
+/// Median per-call milliseconds of `f`, by the method in the crate docs.
+pub fn time_median_ms(f: &mut dyn FnMut(), quick: bool) -> f64 {
+    let warm_start = Instant::now();
+    let mut warm_calls = 0;
+    while warm_calls < 3 || warm_start.elapsed().as_secs_f64() < if quick { 0.1 } else { 0.3 } {
+        f();
+        warm_calls += 1;
+    }
+    let per_call = warm_start.elapsed().as_secs_f64() / warm_calls as f64;
+    let calls = ((0.02 / per_call).ceil() as usize).max(1);
+    let samples = if quick { 15 } else { 21 };
+    let mut times: Vec<f64> = (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..calls {
+                f();
+            }
+            t.elapsed().as_secs_f64() * 1e3 / calls as f64
+        })
+        .collect();
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+/// Runs a named suite (optionally only some cases) and returns one row per case.
+pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRow>, String> {
+    let all = suites::cases(suite)?;
+    if let Some(want) = cases {
+        for w in want {
+            if !all.iter().any(|c| c.name == w) {
+                let names: Vec<&str> = all.iter().map(|c| c.name).collect();
+                return Err(format!("suite `{suite}` has no case `{w}`; cases: {}", names.join(", ")));
+            }
+        }
+    }
+    let mut rows = Vec::new();
+    for mut c in all {
+        if let Some(want) = cases {
+            if !want.iter().any(|w| w == c.name) {
+                continue;
+            }
+        }
+        progress(c.name);
+        let ms = time_median_ms(&mut c.run, quick);
+        rows.push(BenchRow {
+            suite: suite.to_string(),
+            case: c.name.to_string(),
+            device: "cpu".into(),
+            dtype: c.dtype.name().into(),
+            shape: c.shape.clone(),
+            median_ms: ms,
+            gflops: c.flops / (ms * 1e6),
+        });
+    }
+    Ok(rows)
+}
+
+/// Formats rows as an aligned table.
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut s = format!("{:<14} {:<6} {:<5} {:<12} {:>11} {:>10}\n", "case", "device", "dtype", "shape", "median_ms", "gflops");
+    for r in rows {
+        s += &format!("{:<14} {:<6} {:<5} {:<12} {:>11.4} {:>10.3}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops);
+    }
+    s
+}
+
+/// A seeded f32 tensor for benchmarks.
+pub fn randn_f32(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(shape, DType::F32, &mut Rng::new(seed))
+}
+
+/// Runs `f` without recording a graph and drops its result (the measured work).
+pub fn no_grad_call<T>(f: impl FnOnce() -> T) {
+    std::hint::black_box(no_grad(f));
+}

@@ -9,6 +9,24 @@ use super::simd::vectorized;
 pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool, out: &mut [T]) {
     assert_eq!(x.len(), out.len());
     let rows_per = rows_per_chunk(n, 1 << 13);
+    #[cfg(target_arch = "x86_64")]
+    if super::avx2::available() {
+        if let (Some(xf), Some(of)) = (super::float::as_f32(x), super::float::as_f32_mut(out)) {
+            for_each_chunk_mut(of, rows_per * n, x.len() * 4, |ci, chunk| {
+                let base = ci * rows_per * n;
+                for (r, orow) in chunk.chunks_mut(n).enumerate() {
+                    let xr = &xf[base + r * n..base + (r + 1) * n];
+                    // SAFETY: AVX2 and FMA were detected above.
+                    let (m, s) = unsafe {
+                        let m = super::avx2::max(xr);
+                        (m, super::avx2::exp_sub_sum(xr, m, orow))
+                    };
+                    vectorized(|| finish_row(xr, orow, m, s, log));
+                }
+            });
+            return;
+        }
+    }
     for_each_chunk_mut(out, rows_per * n, x.len() * 4, |ci, chunk| {
         let base = ci * rows_per * n;
         vectorized(|| {
@@ -19,20 +37,26 @@ pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool, out: &mut [T]) {
                     orow[i] = (xr[i] - m).fexp();
                 }
                 let s = sum_slice(orow);
-                if log {
-                    let ls = s.ln() + m;
-                    for i in 0..n {
-                        orow[i] = xr[i] - ls;
-                    }
-                } else {
-                    let inv = T::one() / s;
-                    for v in orow.iter_mut() {
-                        *v *= inv;
-                    }
-                }
+                finish_row(xr, orow, m, s, log);
             }
         })
     });
+}
+
+/// Turns `orow = e^(x − m)` with sum `s` into softmax (divide) or log-softmax (x − m − ln s).
+#[inline(always)]
+fn finish_row<T: Float>(xr: &[T], orow: &mut [T], m: T, s: T, log: bool) {
+    if log {
+        let ls = s.ln() + m;
+        for (o, &x) in orow.iter_mut().zip(xr) {
+            *o = x - ls;
+        }
+    } else {
+        let inv = T::one() / s;
+        for v in orow.iter_mut() {
+            *v *= inv;
+        }
+    }
 }
 
 /// Backward of [`softmax_rows`] given its output `y` and the upstream gradient `g`:

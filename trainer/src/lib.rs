@@ -1,0 +1,5 @@
+//! # flamingo-trainer
+//!
+//! Training loops, data and evaluation (built in later issues) and the pieces of the `flamingo`
+//! command-line program. Today: the engine demo ([`demo`]).
+pub mod demo;
