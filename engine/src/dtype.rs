@@ -101,6 +101,7 @@ element!(f16, F16, f16::from_f64, |x: f16| x.to_f64());
 element!(i64, I64, |v: f64| v as i64, |x: i64| x as f64);
 
 /// The types CPU kernels compute in: f32 and f64.
-pub trait FloatElement: Element + flamingo_kernels::cpu::Float {}
+#[allow(private_bounds)]
+pub trait FloatElement: Element + flamingo_kernels::cpu::Float + crate::pool::Pooled {}
 impl FloatElement for f32 {}
 impl FloatElement for f64 {}

@@ -28,6 +28,7 @@ pub mod layout;
 pub mod ops;
 pub mod optim;
 pub mod params;
+mod pool;
 pub mod rng;
 pub mod storage;
 pub mod tensor;

@@ -30,6 +30,16 @@ macro_rules! map_cpu {
     };
 }
 
+impl Drop for CpuStorage {
+    fn drop(&mut self) {
+        match self {
+            CpuStorage::F32(v) => crate::pool::give(std::mem::take(v)),
+            CpuStorage::F64(v) => crate::pool::give(std::mem::take(v)),
+            _ => {}
+        }
+    }
+}
+
 impl CpuStorage {
     pub fn dtype(&self) -> DType {
         match self {
@@ -79,9 +89,22 @@ impl CpuStorage {
                 }
             };
         }
+        let n: usize = shape.iter().product();
+        match self {
+            CpuStorage::F32(v) if dtype == DType::F32 => {
+                let mut out = crate::pool::take::<f32>(n);
+                flamingo_kernels::cpu::strided::copy_to_contiguous(flamingo_kernels::cpu::strided::Strided { data: v, offset, strides }, shape, &mut out);
+                return CpuStorage::F32(out);
+            }
+            CpuStorage::F64(v) if dtype == DType::F64 => {
+                let mut out = crate::pool::take::<f64>(n);
+                flamingo_kernels::cpu::strided::copy_to_contiguous(flamingo_kernels::cpu::strided::Strided { data: v, offset, strides }, shape, &mut out);
+                return CpuStorage::F64(out);
+            }
+            _ => {}
+        }
         if dtype == self.dtype() {
             return map_cpu!(self, |v| {
-                let n: usize = shape.iter().product();
                 let mut out = vec![Default::default(); n];
                 flamingo_kernels::cpu::strided::copy_to_contiguous(
                     flamingo_kernels::cpu::strided::Strided { data: v, offset, strides },

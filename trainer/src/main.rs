@@ -33,6 +33,9 @@ enum Command {
         /// Fewer, shorter samples.
         #[arg(long)]
         quick: bool,
+        /// Print the suite's case names and exit.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -40,7 +43,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Command::Demo { steps, seed } => demo(steps, seed),
-        Command::Bench { suite, json, cases, quick } => bench(&suite, json, cases.as_deref(), quick),
+        Command::Bench { suite, list: true, .. } => flamingo_benches::suites::cases(&suite).map(|cs| cs.iter().for_each(|c| println!("{}", c.name))),
+        Command::Bench { suite, json, cases, quick, .. } => bench(&suite, json, cases.as_deref(), quick),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

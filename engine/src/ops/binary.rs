@@ -9,7 +9,7 @@ use flamingo_kernels::cpu::strided::Strided;
 fn binary_kernel<T: FloatElement>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &[usize], name: &'static str) -> Result<Vec<T>> {
     let la = a.layout().broadcast_to(shape, name)?;
     let lb = b.layout().broadcast_to(shape, name)?;
-    let mut out = vec![T::zero(); shape.iter().product()];
+    let mut out = crate::pool::take::<T>(shape.iter().product());
     a.with_strided::<T, _>(name, |da, _| {
         b.with_strided::<T, _>(name, |db, _| {
             elementwise::binary(

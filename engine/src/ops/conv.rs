@@ -72,7 +72,7 @@ impl Tensor {
         let out_shape = [geo.n, geo.o, geo.ho(), geo.wo()];
         let has_bias = bias.is_some();
         with_float_type!(NAME, self.dtype(), T => {
-            let mut out = vec![T::zero(); out_shape.iter().product()];
+            let mut out = crate::pool::take::<T>(out_shape.iter().product());
             self.with_contiguous::<T, _>(NAME, |xs| weight.with_contiguous::<T, _>(NAME, |ws| match bias {
                 Some(b) => b.with_contiguous::<T, _>(NAME, |bs| k::conv2d(xs, ws, Some(bs), &geo, &mut out)),
                 None => Ok(k::conv2d(xs, ws, None, &geo, &mut out)),
@@ -81,7 +81,7 @@ impl Tensor {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
                     let (x, w) = (&inp[0], &inp[1]);
                     let dx = if needs(inp, 0) {
-                        let mut dx = vec![T::zero(); x.numel()];
+                        let mut dx = crate::pool::take::<T>(x.numel());
                         g.with_contiguous::<T, _>(NAME, |gs| w.with_contiguous::<T, _>(NAME, |ws| k::conv2d_backward_input(gs, ws, &geo, &mut dx)))??;
                         Some(Tensor::from_vec(dx, x.shape())?)
                     } else {

@@ -32,7 +32,7 @@ fn matmul_raw<T: FloatElement>(a: &Tensor, b: &Tensor, batch: &[usize], m: usize
     let la = MatRef { offset: 0, rs: a.strides()[ra - 2] as isize, cs: a.strides()[ra - 1] as isize };
     let lb = MatRef { offset: 0, rs: b.strides()[rb - 2] as isize, cs: b.strides()[rb - 1] as isize };
     let (oa, ob) = (batch_offsets(a, batch)?, batch_offsets(b, batch)?);
-    let mut out = vec![T::zero(); batch.iter().product::<usize>() * m * n];
+    let mut out = crate::pool::take::<T>(batch.iter().product::<usize>() * m * n);
     a.with_strided::<T, _>("matmul", |da, _| b.with_strided::<T, _>("matmul", |db, _| batched_matmul(da, &oa, la, db, &ob, lb, m, n, k, &mut out)))??;
     Ok(out)
 }

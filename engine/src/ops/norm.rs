@@ -23,7 +23,7 @@ impl Tensor {
         }
         let rows = self.numel() / n.max(1);
         with_float_type!("layer_norm", self.dtype(), T => {
-            let mut out = vec![T::zero(); self.numel()];
+            let mut out = crate::pool::take::<T>(self.numel());
             let mut mean = vec![T::zero(); rows];
             let mut rstd = vec![T::zero(); rows];
             self.with_contiguous::<T, _>("layer_norm", |x| w.with_contiguous::<T, _>("layer_norm", |ws| b.with_contiguous::<T, _>("layer_norm", |bs| {
@@ -33,7 +33,7 @@ impl Tensor {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
                     let (x, w) = (&inp[0], &inp[1]);
                     let want_params = needs(inp, 1) || needs(inp, 2);
-                    let mut dx = if needs(inp, 0) { Some(vec![T::zero(); x.numel()]) } else { None };
+                    let mut dx = if needs(inp, 0) { Some(crate::pool::take::<T>(x.numel())) } else { None };
                     let (dg, db) = x.with_contiguous::<T, _>("layer_norm_backward", |xs| g.with_contiguous::<T, _>("layer_norm_backward", |gs| w.with_contiguous::<T, _>("layer_norm_backward", |ws| {
                         k::layer_norm_rows_backward(xs, gs, n, Some(ws), &mean, &rstd, dx.as_deref_mut(), want_params)
                     })))???;

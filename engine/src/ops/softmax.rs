@@ -7,7 +7,7 @@ use flamingo_kernels::cpu::softmax as k;
 
 fn backward_raw<T: FloatElement>(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
     let n = *y.shape().last().unwrap_or(&1);
-    let mut dx = vec![T::zero(); y.numel()];
+    let mut dx = crate::pool::take::<T>(y.numel());
     y.with_contiguous::<T, _>("softmax_backward", |ys| {
         g.with_contiguous::<T, _>("softmax_backward", |gs| k::softmax_rows_backward(ys, gs, n, log, &mut dx))
     })??;
@@ -23,7 +23,7 @@ impl Tensor {
         }
         let n = *self.shape().last().unwrap_or(&1);
         with_float_type!(name, self.dtype(), T => {
-            let mut out = vec![T::zero(); self.numel()];
+            let mut out = crate::pool::take::<T>(self.numel());
             if n > 0 {
                 self.with_contiguous::<T, _>(name, |x| k::softmax_rows(x, n, log, &mut out))?;
             }

@@ -4,7 +4,7 @@ use crate::{FloatElement, Result, Tensor};
 use flamingo_kernels::cpu::elementwise::{self, UnaryOp};
 
 fn unary_backward_raw<T: FloatElement>(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
-    let mut dx = vec![T::zero(); x.numel()];
+    let mut dx = crate::pool::take::<T>(x.numel());
     x.with_contiguous::<T, _>("unary_backward", |xs| {
         y.with_contiguous::<T, _>("unary_backward", |ys| {
             g.with_contiguous::<T, _>("unary_backward", |gs| elementwise::unary_backward(op, xs, ys, gs, &mut dx))
@@ -22,7 +22,7 @@ impl Tensor {
             return Ok(r);
         }
         with_float_type!(name, self.dtype(), T => {
-            let mut out = vec![T::default(); self.numel()];
+            let mut out = crate::pool::take::<T>(self.numel());
             self.with_contiguous::<T, _>(name, |xs| elementwise::unary(op, xs, &mut out))?;
             Ok(Tensor::op_result(out, self.shape(), name, &[self], |y| {
                 let y = y.clone();

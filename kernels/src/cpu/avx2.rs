@@ -40,12 +40,12 @@ unsafe fn one_plus_erf8(x: __m256) -> __m256 {
     let sign = _mm256_set1_ps(-0.0);
     let a = _mm256_andnot_ps(sign, x);
     let one = _mm256_set1_ps(1.0);
-    let t = _mm256_div_ps(one, _mm256_fmadd_ps(a, _mm256_set1_ps(0.5), one));
-    let mut p = _mm256_set1_ps(0.170_872_77);
-    for c in [-0.822_152_23, 1.488_515_87, -1.135_203_98, 0.278_868_07, -0.186_288_06, 0.096_784_18, 0.374_091_96, 1.000_023_7, -1.265_512_2] {
+    let t = _mm256_div_ps(one, _mm256_fmadd_ps(a, _mm256_set1_ps(0.327_591_1), one));
+    let mut p = _mm256_set1_ps(1.061_405_4);
+    for c in [-1.453_152_1, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
         p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(c));
     }
-    let e = _mm256_mul_ps(t, exp8(_mm256_fnmadd_ps(a, a, p)));
+    let e = _mm256_mul_ps(_mm256_mul_ps(t, p), exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), a), a)));
     let neg = _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_LT_OQ);
     _mm256_blendv_ps(_mm256_sub_ps(_mm256_set1_ps(2.0), e), e, neg)
 }

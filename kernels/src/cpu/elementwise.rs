@@ -369,7 +369,8 @@ mod tests {
         while x < 8.0 {
             let want = UnaryOp::Gelu.forward(x as f64);
             let got = UnaryOp::Gelu.forward(x) as f64;
-            assert!((got - want).abs() <= 2e-6 * want.abs() + 1e-9, "gelu({x}) = {got}, want {want}");
+            // Absolute error of A&S 7.1.26 (1.5e-7) scaled by x/2, plus f32 rounding.
+            assert!((got - want).abs() <= 2e-6 * want.abs() + 1e-7 * x.abs() as f64, "gelu({x}) = {got}, want {want}");
             x += 0.0037;
         }
     }

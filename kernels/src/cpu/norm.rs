@@ -1,11 +1,36 @@
 //! Layer normalisation over the last axis of a contiguous `[rows, n]` block, forward and backward.
 use super::float::Float;
-use super::parallel::{for_each_chunk_mut, rows_per_chunk};
+use super::parallel::{for_each_chunk_mut, rows_per_chunk, worth_parallel};
 use super::reduce::sum_slice;
 use super::simd::vectorized;
 
+/// Mean and reciprocal standard deviation of one row (biased variance, two passes in cache).
+#[inline(always)]
+fn row_stats<T: Float>(xr: &[T], eps: f64) -> (T, T) {
+    let n = xr.len();
+    let mu = sum_slice(xr) / T::c(n as f64);
+    let mut acc = [T::zero(); 8];
+    let mut i = 0;
+    while i + 8 <= n {
+        for l in 0..8 {
+            let d = xr[i + l] - mu;
+            acc[l] += d * d;
+        }
+        i += 8;
+    }
+    let mut var = sum_slice(&acc);
+    while i < n {
+        let d = xr[i] - mu;
+        var += d * d;
+        i += 1;
+    }
+    (mu, T::one() / (var / T::c(n as f64) + T::c(eps)).sqrt())
+}
+
 /// `out = (x − mean)·rstd·gamma + beta` per row; also returns per-row `mean` and `rstd`
-/// (needed by the backward). `gamma`/`beta` of length `n` are optional.
+/// (needed by the backward). `gamma`/`beta` of length `n` are optional. Each row's statistics
+/// and output are computed while the row is in cache (one pass over memory).
+#[allow(clippy::too_many_arguments)]
 pub fn layer_norm_rows<T: Float>(
     x: &[T],
     n: usize,
@@ -16,53 +41,20 @@ pub fn layer_norm_rows<T: Float>(
     mean: &mut [T],
     rstd: &mut [T],
 ) {
-    let rows = x.len() / n;
+    let rows = x.len() / n.max(1);
     assert!(out.len() == x.len() && mean.len() == rows && rstd.len() == rows);
-    // Compute the statistics first (cheap), then the normalised rows in parallel.
-    let rows_per = rows_per_chunk(n, 1 << 13);
-    {
-        let stats: Vec<(T, T)> = {
-            let mut s = vec![(T::zero(), T::zero()); rows];
-            for_each_chunk_mut(&mut s, rows_per, x.len() * 3, |ci, chunk| {
-                vectorized(|| {
-                    for (r, st) in chunk.iter_mut().enumerate() {
-                        let row = ci * rows_per + r;
-                        let xr = &x[row * n..(row + 1) * n];
-                        let mu = sum_slice(xr) / T::c(n as f64);
-                        let mut acc = [T::zero(); 8];
-                        let mut i = 0;
-                        while i + 8 <= n {
-                            for l in 0..8 {
-                                let d = xr[i + l] - mu;
-                                acc[l] += d * d;
-                            }
-                            i += 8;
-                        }
-                        let mut var = sum_slice(&acc);
-                        while i < n {
-                            let d = xr[i] - mu;
-                            var += d * d;
-                            i += 1;
-                        }
-                        let var = var / T::c(n as f64);
-                        *st = (mu, T::one() / (var + T::c(eps)).sqrt());
-                    }
-                })
-            });
-            s
-        };
-        for (r, (mu, rs)) in stats.into_iter().enumerate() {
-            mean[r] = mu;
-            rstd[r] = rs;
-        }
+    if rows == 0 {
+        return;
     }
-    let (mean, rstd) = (&*mean, &*rstd);
-    for_each_chunk_mut(out, rows_per * n, x.len() * 3, |ci, chunk| {
+    let rows_per = rows_per_chunk(n, 1 << 13);
+    let work = |ci: usize, (oc, (mc, rc)): (&mut [T], (&mut [T], &mut [T]))| {
         vectorized(|| {
-            for (r, orow) in chunk.chunks_mut(n).enumerate() {
+            for (r, orow) in oc.chunks_mut(n).enumerate() {
                 let row = ci * rows_per + r;
                 let xr = &x[row * n..(row + 1) * n];
-                let (mu, rs) = (mean[row], rstd[row]);
+                let (mu, rs) = row_stats(xr, eps);
+                mc[r] = mu;
+                rc[r] = rs;
                 match (gamma, beta) {
                     (Some(g), Some(b)) => {
                         for i in 0..n {
@@ -87,7 +79,17 @@ pub fn layer_norm_rows<T: Float>(
                 }
             }
         })
-    });
+    };
+    let chunks = out.chunks_mut(rows_per * n).zip(mean.chunks_mut(rows_per).zip(rstd.chunks_mut(rows_per)));
+    if worth_parallel(x.len() * 3) {
+        use rayon::prelude::*;
+        out.par_chunks_mut(rows_per * n)
+            .zip(mean.par_chunks_mut(rows_per).zip(rstd.par_chunks_mut(rows_per)))
+            .enumerate()
+            .for_each(|(ci, c)| work(ci, c));
+    } else {
+        chunks.enumerate().for_each(|(ci, c)| work(ci, c));
+    }
 }
 
 /// Backward of [`layer_norm_rows`]. Writes `dx` (if given) and returns `(dgamma, dbeta)`, each of
