@@ -4,27 +4,35 @@ use super::parallel::{for_each_chunk_mut, rows_per_chunk, worth_parallel};
 use super::reduce::sum_slice;
 use super::simd::vectorized;
 
-/// Mean and reciprocal standard deviation of one row (biased variance, two passes in cache).
+/// Mean and reciprocal standard deviation of one row (biased variance) in a single pass:
+/// sums of d and d² for d = x − x₀ (shifting by the first element keeps E[d²] − E[d]² from
+/// cancelling when the mean is large relative to the spread).
 #[inline(always)]
 fn row_stats<T: Float>(xr: &[T], eps: f64) -> (T, T) {
     let n = xr.len();
-    let mu = sum_slice(xr) / T::c(n as f64);
-    let mut acc = [T::zero(); 8];
+    let x0 = xr[0];
+    let mut s1 = [T::zero(); 8];
+    let mut s2 = [T::zero(); 8];
     let mut i = 0;
     while i + 8 <= n {
         for l in 0..8 {
-            let d = xr[i + l] - mu;
-            acc[l] += d * d;
+            let d = xr[i + l] - x0;
+            s1[l] += d;
+            s2[l] += d * d;
         }
         i += 8;
     }
-    let mut var = sum_slice(&acc);
+    let (mut a, mut b) = (sum_slice(&s1), sum_slice(&s2));
     while i < n {
-        let d = xr[i] - mu;
-        var += d * d;
+        let d = xr[i] - x0;
+        a += d;
+        b += d * d;
         i += 1;
     }
-    (mu, T::one() / (var / T::c(n as f64) + T::c(eps)).sqrt())
+    let inv_n = T::one() / T::c(n as f64);
+    let md = a * inv_n;
+    let var = (b * inv_n - md * md).max(T::zero());
+    (x0 + md, T::one() / (var + T::c(eps)).sqrt())
 }
 
 /// `out = (x − mean)·rstd·gamma + beta` per row; also returns per-row `mean` and `rstd`
@@ -167,4 +175,26 @@ pub fn layer_norm_rows_backward<T: Float>(
         }
     }
     (dgamma, dbeta)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_pass_statistics_survive_a_large_mean() {
+        // f32 rows with mean 1000 and unit spread: naive E[x²] − E[x]² would lose all digits.
+        let n = 512;
+        let x: Vec<f32> = (0..2 * n).map(|i| 1000.0 + ((i * 7919) % 997) as f32 / 997.0 * 3.4 - 1.7).collect();
+        let (mut out, mut mean, mut rstd) = (vec![0.0f32; 2 * n], vec![0.0f32; 2], vec![0.0f32; 2]);
+        layer_norm_rows(&x, n, None, None, 1e-5, &mut out, &mut mean, &mut rstd);
+        for r in 0..2 {
+            let row: Vec<f64> = x[r * n..(r + 1) * n].iter().map(|&v| v as f64).collect();
+            let mu = row.iter().sum::<f64>() / n as f64;
+            let var = row.iter().map(|v| (v - mu) * (v - mu)).sum::<f64>() / n as f64;
+            assert!((mean[r] as f64 - mu).abs() < 1e-3, "mean {} vs {mu}", mean[r]);
+            let want = 1.0 / (var + 1e-5).sqrt();
+            assert!((rstd[r] as f64 - want).abs() < 1e-3 * want, "rstd {} vs {want}", rstd[r]);
+        }
+    }
 }
