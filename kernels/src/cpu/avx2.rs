@@ -110,6 +110,33 @@ pub unsafe fn exp_sub_sum(x: &[f32], m: f32, out: &mut [f32]) -> f32 {
     s
 }
 
+/// `(Σ (x − s), Σ (x − s)²)` with 8 lanes combined in a fixed order (layer-norm statistics).
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn shifted_sums(x: &[f32], shift: f32) -> (f32, f32) {
+    let n = x.len();
+    let sv = _mm256_set1_ps(shift);
+    let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    while i + 8 <= n {
+        let d = _mm256_sub_ps(_mm256_loadu_ps(x.as_ptr().add(i)), sv);
+        a = _mm256_add_ps(a, d);
+        b = _mm256_fmadd_ps(d, d, b);
+        i += 8;
+    }
+    let fold = |v: __m256| {
+        let mut l = [0.0f32; 8];
+        _mm256_storeu_ps(l.as_mut_ptr(), v);
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    };
+    let (mut sa, mut sb) = (fold(a), fold(b));
+    for &v in &x[i..] {
+        let d = v - shift;
+        sa += d;
+        sb += d * d;
+    }
+    (sa, sb)
+}
+
 /// Max of a slice (NaN-propagating is not needed here: callers handle NaN rows by the result).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn max(x: &[f32]) -> f32 {

@@ -148,7 +148,7 @@ macro_rules! per_op {
 fn map1<T: Float>(x: &[T], out: &mut [T], cost: usize, f: impl Fn(T) -> T + Sync + Send + Copy) {
     for_each_chunk_mut(out, CHUNK, cost, |ci, chunk| {
         let src = &x[ci * CHUNK..ci * CHUNK + chunk.len()];
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (d, &s) in chunk.iter_mut().zip(src) {
                 *d = f(s);
             }
@@ -160,7 +160,7 @@ fn map3<T: Float>(x: &[T], y: &[T], g: &[T], out: &mut [T], cost: usize, f: impl
     for_each_chunk_mut(out, CHUNK, cost, |ci, chunk| {
         let r = ci * CHUNK..ci * CHUNK + chunk.len();
         let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for i in 0..chunk.len() {
                 chunk[i] = f(xs[i], ys[i], gs[i]);
             }
@@ -266,7 +266,7 @@ pub fn binary<T: Float>(op: BinaryOp, lhs: Strided<'_, T>, rhs: Strided<'_, T>, 
                     let row = ci * rows_per + r;
                     let lo = row_offset(&cs, &st[0], lhs.offset, row);
                     let ro = row_offset(&cs, &st[1], rhs.offset, row);
-                    vectorized(|| match (ls, rs) {
+                    vectorized(#[inline(always)] || match (ls, rs) {
                         (1, 1) => {
                             let (a, b) = (&lhs.data[lo..lo + n], &rhs.data[ro..ro + n]);
                             for i in 0..n {

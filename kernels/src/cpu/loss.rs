@@ -13,23 +13,22 @@ pub fn cross_entropy_rows<T: Float>(logits: &[T], v: usize, targets: &[Option<us
     let mut out = vec![(T::zero(), T::zero()); rows];
     let rows_per = rows_per_chunk(v, 1 << 13);
     for_each_chunk_mut(&mut out, rows_per, logits.len() * 3, |ci, chunk| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (r, o) in chunk.iter_mut().enumerate() {
                 let row = ci * rows_per + r;
                 let xr = &logits[row * v..(row + 1) * v];
                 let m = max_slice(xr);
                 let mut acc = [T::zero(); 8];
-                let mut i = 0;
-                while i + 8 <= v {
+                let blocks = xr.chunks_exact(8);
+                let tail = blocks.remainder();
+                for c in blocks {
                     for l in 0..8 {
-                        acc[l] += (xr[i + l] - m).fexp();
+                        acc[l] += (c[l] - m).fexp();
                     }
-                    i += 8;
                 }
                 let mut s = sum_slice(&acc);
-                while i < v {
-                    s += (xr[i] - m).fexp();
-                    i += 1;
+                for &x in tail {
+                    s += (x - m).fexp();
                 }
                 let lse = s.ln() + m;
                 let loss = match targets[row] {
@@ -64,7 +63,7 @@ pub fn cross_entropy_rows_backward<T: Float>(
 ) {
     let rows_per = rows_per_chunk(v, 1 << 13);
     for_each_chunk_mut(dlogits, rows_per * v, logits.len() * 2, |ci, chunk| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (r, drow) in chunk.chunks_mut(v).enumerate() {
                 let row = ci * rows_per + r;
                 let xr = &logits[row * v..(row + 1) * v];

@@ -11,25 +11,43 @@ use super::simd::vectorized;
 fn row_stats<T: Float>(xr: &[T], eps: f64) -> (T, T) {
     let n = xr.len();
     let x0 = xr[0];
+    let inv_n = T::one() / T::c(n as f64);
+    #[cfg(target_arch = "x86_64")]
+    if let Some(xf) = super::float::as_f32(xr) {
+        if super::avx2::available() {
+            // SAFETY: AVX2 and FMA were detected just above.
+            let (a, b) = unsafe { super::avx2::shifted_sums(xf, xf[0]) };
+            let (a, b) = (T::c(a as f64), T::c(b as f64));
+            let md = a * inv_n;
+            let var = (b * inv_n - md * md).max(T::zero());
+            return (x0 + md, T::one() / (var + T::c(eps)).sqrt());
+        }
+    }
     let mut s1 = [T::zero(); 8];
     let mut s2 = [T::zero(); 8];
-    let mut i = 0;
-    while i + 8 <= n {
+    // chunks_exact gives the compiler fixed-length blocks: no bounds checks, full-width vectors.
+    let blocks = xr.chunks_exact(8);
+    let tail = blocks.remainder();
+    // Two separate lane loops: interleaving them makes the SLP vectoriser pair (d, d²) in one
+    // 2-wide register instead of filling 8 lanes (seen in the disassembly).
+    for c in blocks {
+        let mut d = [T::zero(); 8];
         for l in 0..8 {
-            let d = xr[i + l] - x0;
-            s1[l] += d;
-            s2[l] += d * d;
+            d[l] = c[l] - x0;
         }
-        i += 8;
+        for l in 0..8 {
+            s1[l] += d[l];
+        }
+        for l in 0..8 {
+            s2[l] += d[l] * d[l];
+        }
     }
     let (mut a, mut b) = (sum_slice(&s1), sum_slice(&s2));
-    while i < n {
-        let d = xr[i] - x0;
+    for &v in tail {
+        let d = v - x0;
         a += d;
         b += d * d;
-        i += 1;
     }
-    let inv_n = T::one() / T::c(n as f64);
     let md = a * inv_n;
     let var = (b * inv_n - md * md).max(T::zero());
     (x0 + md, T::one() / (var + T::c(eps)).sqrt())
@@ -56,7 +74,7 @@ pub fn layer_norm_rows<T: Float>(
     }
     let rows_per = rows_per_chunk(n, 1 << 13);
     let work = |ci: usize, (oc, (mc, rc)): (&mut [T], (&mut [T], &mut [T]))| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for (r, orow) in oc.chunks_mut(n).enumerate() {
                 let row = ci * rows_per + r;
                 let xr = &x[row * n..(row + 1) * n];
@@ -117,7 +135,7 @@ pub fn layer_norm_rows_backward<T: Float>(
     let rows_per = rows_per_chunk(n, 1 << 13);
     if let Some(dx) = dx {
         for_each_chunk_mut(dx, rows_per * n, x.len() * 4, |ci, chunk| {
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 for (r, drow) in chunk.chunks_mut(n).enumerate() {
                     let row = ci * rows_per + r;
                     let xr = &x[row * n..(row + 1) * n];
@@ -154,7 +172,7 @@ pub fn layer_norm_rows_backward<T: Float>(
     let mut partial = vec![T::zero(); nblocks * 2 * n];
     for_each_chunk_mut(&mut partial, 2 * n, x.len() * 2, |b, p| {
         let (pg, pb) = p.split_at_mut(n);
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for row in b * BLOCK..((b + 1) * BLOCK).min(rows) {
                 let xr = &x[row * n..(row + 1) * n];
                 let gr = &g[row * n..(row + 1) * n];

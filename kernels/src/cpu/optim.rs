@@ -30,7 +30,7 @@ pub fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamWS
     let eps = T::c(h.eps);
     const CHUNK: usize = 1 << 14;
     let update = |pc: &mut [T], mc: &mut [T], vc: &mut [T], gc: &[T]| {
-        vectorized(|| {
+        vectorized(#[inline(always)] || {
             for i in 0..pc.len() {
                 let gi = gc[i];
                 mc[i] = b1 * mc[i] + omb1 * gi;

@@ -44,13 +44,13 @@ pub fn sum_mid<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, out: &mu
         for_each_chunk_mut(out, rows_per, x.len(), |ci, chunk| {
             for (r, o) in chunk.iter_mut().enumerate() {
                 let row = ci * rows_per + r;
-                *o = vectorized(|| sum_slice(&x[row * n..(row + 1) * n]));
+                *o = vectorized(#[inline(always)] || sum_slice(&x[row * n..(row + 1) * n]));
             }
         });
     } else {
         for_each_chunk_mut(out, inner, x.len(), |o, orow| {
             let base = o * n * inner;
-            vectorized(|| {
+            vectorized(#[inline(always)] || {
                 orow.copy_from_slice(&x[base..base + inner]);
                 for j in 1..n {
                     let src = &x[base + j * inner..base + (j + 1) * inner];
