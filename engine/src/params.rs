@@ -14,13 +14,14 @@ impl ParamStore {
         ParamStore::default()
     }
 
-    /// Registers `tensor` under `name` as a leaf with the given `requires_grad` and returns the
-    /// stored handle (use it in the forward pass). Errors if the name is taken.
+    /// Registers a copy of `tensor` under `name` as a leaf with the given `requires_grad` and
+    /// returns the stored handle (use it in the forward pass). The store owns its data: optimiser
+    /// updates never write into the tensor passed in. Errors if the name is taken.
     pub fn insert(&mut self, name: &str, tensor: &Tensor, requires_grad: bool) -> Result<Tensor> {
         if self.params.contains_key(name) {
             return Err(Error::Msg(format!("parameter `{name}` is already registered")));
         }
-        let t = tensor.detach().contiguous()?.requires_grad_(requires_grad);
+        let t = tensor.detach().copy()?.requires_grad_(requires_grad);
         self.params.insert(name.to_string(), t.clone());
         Ok(t)
     }

@@ -127,6 +127,11 @@ impl Tensor {
         self.copy_as(self.dtype(), "contiguous")
     }
 
+    /// A contiguous copy that owns new storage (differentiable: the gradient passes through).
+    pub fn copy(&self) -> Result<Tensor> {
+        self.copy_as(self.dtype(), "copy")
+    }
+
     /// Converts to `dtype` (a no-op when equal). Differentiable between float dtypes.
     pub fn to_dtype(&self, dtype: DType) -> Result<Tensor> {
         if dtype == self.dtype() {
