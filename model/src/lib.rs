@@ -1,1 +1,14 @@
-//! Flamingo model components; built in the model issue on top of `flamingo-engine`.
+//! # flamingo-model
+//!
+//! Flamingo's parts on `flamingo-engine` (SPEC.md §2): the Perceiver Resampler, gated
+//! cross-attention dense blocks with the per-image masking rule, the GPT-2 decoder, and the
+//! Flamingo model that glues them to a frozen language model. Parameter names follow
+//! OpenFlamingo and HuggingFace (SPEC.md §4) so public checkpoints load.
+//!
+//! Not yet here (next sessions): NFNet and the contrastive model, the LLaMA-style decoder,
+//! generation with KV caches, and the `flamingo forward` testbed command.
+pub mod flamingo;
+pub mod gpt2;
+pub mod nn;
+pub mod perceiver;
+pub mod xattn;

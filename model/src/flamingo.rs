@@ -1,0 +1,140 @@
+//! The Flamingo model (SPEC.md §2): visual features → Perceiver Resampler → a frozen GPT-2 with
+//! gated cross-attention blocks inserted before every n-th layer, and the training loss with the
+//! label rules of §2.7.
+//!
+//! The vision encoder (NFNet) is not built yet, so `forward` takes visual *features*
+//! `[b, media, frames, tokens, dim_visual]`, as the frozen encoder would produce them.
+use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::nn::Init;
+use crate::perceiver::{PerceiverConfig, PerceiverResampler};
+use crate::xattn::{media_index, GatedCrossAttentionBlock, MediaAttention, XAttnConfig};
+use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Flamingo hyper-parameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FlamingoConfig {
+    pub lm: Gpt2Config,
+    pub perceiver: PerceiverConfig,
+    pub xattn_heads: usize,
+    pub xattn_dim_head: usize,
+    pub xattn_ff_mult: usize,
+    pub media_attention: MediaAttention,
+    /// A block sits before LM layer i when (i + 1) % n == 0 (paper 3B: 1; OF-9B: 4).
+    pub cross_attn_every_n_layers: usize,
+}
+
+/// Name of the trainable embedding rows of the two new tokens (`<image>`, `<|endofchunk|>`).
+pub const NEW_TOKENS: &str = "lang_encoder.new_token_embeddings.weight";
+const LM_PREFIX: &str = "lang_encoder.";
+
+/// Flamingo over a GPT-2 language model.
+#[derive(Clone, Debug)]
+pub struct Flamingo {
+    pub cfg: FlamingoConfig,
+    pub lm: Gpt2,
+    pub perceiver: PerceiverResampler,
+    /// `blocks[i]` runs before LM layer i.
+    pub blocks: Vec<Option<GatedCrossAttentionBlock>>,
+}
+
+impl Flamingo {
+    /// Builds the model, registering the LM frozen (`lang_encoder.transformer.*`) and the
+    /// Perceiver (`perceiver.*`), the cross-attention blocks
+    /// (`lang_encoder.gated_cross_attn_layers.{i}.gated_cross_attn_layer.*`) and the two new
+    /// token rows trainable.
+    pub fn new(store: &mut ParamStore, cfg: &FlamingoConfig, rng: &mut Rng) -> Result<Flamingo> {
+        if cfg.cross_attn_every_n_layers == 0 {
+            return Err(Error::Msg("cross_attn_every_n_layers must be at least 1".into()));
+        }
+        let mut frozen = Init { rng, dtype: DType::F32, trainable: false };
+        let lm = Gpt2::new(store, &mut frozen, LM_PREFIX, &cfg.lm)?;
+        let mut init = Init { rng: frozen.rng, dtype: DType::F32, trainable: true };
+        init.normal(store, NEW_TOKENS, &[2, cfg.lm.n_embd], 0.02)?;
+        let perceiver = PerceiverResampler::new(store, &mut init, "perceiver", &cfg.perceiver)?;
+        let xcfg = XAttnConfig {
+            dim: cfg.lm.n_embd,
+            dim_visual: cfg.perceiver.dim,
+            heads: cfg.xattn_heads,
+            dim_head: cfg.xattn_dim_head,
+            ff_mult: cfg.xattn_ff_mult,
+            media_attention: cfg.media_attention,
+        };
+        let mut blocks = Vec::with_capacity(cfg.lm.n_layer);
+        for i in 0..cfg.lm.n_layer {
+            blocks.push(if (i + 1) % cfg.cross_attn_every_n_layers == 0 {
+                Some(GatedCrossAttentionBlock::new(store, &mut init, &format!("{LM_PREFIX}gated_cross_attn_layers.{i}.gated_cross_attn_layer"), &xcfg)?)
+            } else {
+                None
+            });
+        }
+        Ok(Flamingo { cfg: cfg.clone(), lm, perceiver, blocks })
+    }
+
+    /// Token id of `<image>` (the first id after the LM's vocabulary).
+    pub fn media_token_id(&self) -> i64 {
+        self.cfg.lm.vocab_size as i64
+    }
+    /// Token id of `<|endofchunk|>`.
+    pub fn eoc_token_id(&self) -> i64 {
+        self.cfg.lm.vocab_size as i64 + 1
+    }
+
+    /// Resamples visual features `[b, m, f, s, dv]` into visual tokens `[b, m, R, dv]`.
+    pub fn encode_media(&self, p: &ParamStore, features: &Tensor) -> Result<Tensor> {
+        self.perceiver.forward(p, features)
+    }
+
+    fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>) -> Result<Tensor> {
+        let table = self.lm.embedding_table(p, Some(p.require(NEW_TOKENS)?))?;
+        let mut h = self.lm.embed(p, &table, ids, 0)?;
+        let t = match media {
+            Some(_) => Some(media_index(ids, self.media_token_id())?),
+            None => None,
+        };
+        for i in 0..self.cfg.lm.n_layer {
+            if let (Some(block), Some(m), Some(t)) = (&self.blocks[i], media, &t) {
+                h = block.forward(p, &h, m, t)?;
+            }
+            h = self.lm.block(p, i, &h)?;
+        }
+        self.lm.head(p, &table, &h)
+    }
+
+    /// Logits `[b, l, vocab + 2]` for token ids `[b, l]` and visual tokens `[b, m, R, dv]`
+    /// (from [`Flamingo::encode_media`]).
+    pub fn forward(&self, p: &ParamStore, ids: &Tensor, media: &Tensor) -> Result<Tensor> {
+        self.run(p, ids, Some(media))
+    }
+
+    /// The frozen language model alone on the same ids (no cross-attention): what Flamingo
+    /// computes when both gates of every block are 0.
+    pub fn forward_lm_only(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
+        self.run(p, ids, None)
+    }
+
+    /// Next-token targets `[b, l−1]` (−100 = not a target) by SPEC §2.7: padding (`pad_id`) and
+    /// `<image>` are never targets, `<|endofchunk|>` is; with `interleaved`, text before a row's
+    /// first `<image>` is not a target either.
+    pub fn targets(&self, ids: &Tensor, pad_id: Option<i64>, interleaved: bool) -> Result<Tensor> {
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        let v = ids.to_vec::<i64>()?;
+        let mut out = Vec::with_capacity(b * (l - 1));
+        for row in v.chunks(l) {
+            let first_media = row.iter().position(|&x| x == self.media_token_id()).unwrap_or(l);
+            for pos in 1..l {
+                let id = row[pos];
+                let skip = Some(id) == pad_id || id == self.media_token_id() || (interleaved && pos < first_media);
+                out.push(if skip { -100 } else { id });
+            }
+        }
+        Tensor::from_vec(out, &[b, l - 1])
+    }
+
+    /// Mean next-token cross-entropy of `logits [b, l, v]` against `targets [b, l−1]`.
+    pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (b, l, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
+        let pred = logits.narrow(1, 0, l - 1)?.reshape(&[b * (l - 1), v])?;
+        pred.cross_entropy(&targets.reshape(&[b * (l - 1)])?, Some(-100), 0.0)
+    }
+}

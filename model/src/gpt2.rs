@@ -1,0 +1,128 @@
+//! The GPT-2 decoder with HuggingFace weight names (`transformer.wte.weight`, `transformer.h.{i}.*`,
+//! `transformer.ln_f.*`; Conv1D weights stored `[in, out]`), tied output head, GELU (tanh).
+use crate::nn::{merge_heads, split_heads, Init};
+use flamingo_engine::{DType, Error, ParamStore, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// GPT-2 hyper-parameters (HuggingFace names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Gpt2Config {
+    pub vocab_size: usize,
+    pub n_positions: usize,
+    pub n_embd: usize,
+    pub n_layer: usize,
+    pub n_head: usize,
+    #[serde(default = "default_eps")]
+    pub layer_norm_epsilon: f64,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+
+/// A GPT-2 decoder whose parameters live under `{prefix}transformer.*`.
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    pub cfg: Gpt2Config,
+    prefix: String,
+}
+
+impl Gpt2 {
+    /// Registers every parameter under `prefix` (e.g. "" or "lang_encoder."), initialised as
+    /// GPT-2 does (N(0, 0.02), LayerNorm 1/0).
+    pub fn new(store: &mut ParamStore, init: &mut Init, prefix: &str, cfg: &Gpt2Config) -> Result<Gpt2> {
+        let d = cfg.n_embd;
+        let t = |s: &str| format!("{prefix}transformer.{s}");
+        init.normal(store, &t("wte.weight"), &[cfg.vocab_size, d], 0.02)?;
+        init.normal(store, &t("wpe.weight"), &[cfg.n_positions, d], 0.01)?;
+        for i in 0..cfg.n_layer {
+            let h = |s: &str| t(&format!("h.{i}.{s}"));
+            for ln in ["ln_1", "ln_2"] {
+                init.constant(store, &h(&format!("{ln}.weight")), &[d], 1.0)?;
+                init.constant(store, &h(&format!("{ln}.bias")), &[d], 0.0)?;
+            }
+            for (name, din, dout) in [("attn.c_attn", d, 3 * d), ("attn.c_proj", d, d), ("mlp.c_fc", d, 4 * d), ("mlp.c_proj", 4 * d, d)] {
+                init.normal(store, &h(&format!("{name}.weight")), &[din, dout], 0.02)?;
+                init.constant(store, &h(&format!("{name}.bias")), &[dout], 0.0)?;
+            }
+        }
+        init.constant(store, &t("ln_f.weight"), &[d], 1.0)?;
+        init.constant(store, &t("ln_f.bias"), &[d], 0.0)?;
+        Ok(Gpt2 { cfg: cfg.clone(), prefix: prefix.to_string() })
+    }
+
+    fn name(&self, s: &str) -> String {
+        format!("{}transformer.{s}", self.prefix)
+    }
+
+    fn w<'a>(&self, p: &'a ParamStore, s: &str) -> Result<&'a Tensor> {
+        p.require(&self.name(s))
+    }
+
+    /// The token embedding table, with `extra [k, d]` rows appended (new special tokens).
+    pub fn embedding_table(&self, p: &ParamStore, extra: Option<&Tensor>) -> Result<Tensor> {
+        let wte = self.w(p, "wte.weight")?;
+        match extra {
+            Some(e) => Tensor::concat(&[wte, e], 0),
+            None => Ok(wte.clone()),
+        }
+    }
+
+    /// Token + position embeddings: `ids [b, l]` (i64) → `[b, l, d]`, positions from `offset`.
+    pub fn embed(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, offset: usize) -> Result<Tensor> {
+        let l = ids.shape()[1];
+        if offset + l > self.cfg.n_positions {
+            return Err(Error::Msg(format!("gpt2: sequence of {} tokens exceeds n_positions = {}", offset + l, self.cfg.n_positions)));
+        }
+        let pos = self.w(p, "wpe.weight")?.narrow(0, offset, l)?;
+        table.embedding(ids)?.add(&pos)
+    }
+
+    /// One transformer block (pre-LN causal self-attention, then the MLP): `[b, l, d]` → same.
+    pub fn block(&self, p: &ParamStore, i: usize, h: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.layer_norm_epsilon;
+        let g = |s: &str| self.w(p, &format!("h.{i}.{s}"));
+        let conv1d = |x: &Tensor, s: &str| -> Result<Tensor> { x.linear(&g(&format!("{s}.weight"))?.t()?, Some(g(&format!("{s}.bias"))?)) };
+        let (l, d) = (h.shape()[1], h.shape()[2]);
+        let heads = self.cfg.n_head;
+        let x = h.layer_norm(Some(g("ln_1.weight")?), Some(g("ln_1.bias")?), eps)?;
+        let qkv = conv1d(&x, "attn.c_attn")?;
+        let q = split_heads(&qkv.narrow(-1, 0, d)?, heads)?;
+        let k = split_heads(&qkv.narrow(-1, d, d)?, heads)?;
+        let v = split_heads(&qkv.narrow(-1, 2 * d, d)?, heads)?;
+        let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
+        let future: Vec<f32> = (0..l * l).map(|i| if i % l > i / l { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(future, &[l, l])?.to_dtype(scores.dtype())?;
+        let a = scores.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&v)?;
+        let h = h.add(&conv1d(&merge_heads(&a)?, "attn.c_proj")?)?;
+        let x = h.layer_norm(Some(g("ln_2.weight")?), Some(g("ln_2.bias")?), eps)?;
+        let m = conv1d(&conv1d(&x, "mlp.c_fc")?.gelu_tanh()?, "mlp.c_proj")?;
+        h.add(&m)
+    }
+
+    /// Final layer norm and the tied output head: `[b, l, d]` → logits `[b, l, rows of table]`.
+    pub fn head(&self, p: &ParamStore, table: &Tensor, h: &Tensor) -> Result<Tensor> {
+        let x = h.layer_norm(Some(self.w(p, "ln_f.weight")?), Some(self.w(p, "ln_f.bias")?), self.cfg.layer_norm_epsilon)?;
+        x.linear(table, None)
+    }
+
+    /// The whole LM: `ids [b, l]` → logits `[b, l, vocab]`.
+    pub fn forward(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
+        let table = self.embedding_table(p, None)?;
+        let mut h = self.embed(p, &table, ids, 0)?;
+        for i in 0..self.cfg.n_layer {
+            h = self.block(p, i, &h)?;
+        }
+        self.head(p, &table, &h)
+    }
+
+    /// HuggingFace's LM loss: mean next-token cross-entropy of `logits [b, l, v]` against `ids`
+    /// shifted by one (`ignore` ids are not targets).
+    pub fn shifted_loss(logits: &Tensor, ids: &Tensor, ignore: Option<i64>) -> Result<Tensor> {
+        let (b, l, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
+        let pred = logits.narrow(1, 0, l - 1)?.reshape(&[b * (l - 1), v])?;
+        let tgt = ids.narrow(1, 1, l - 1)?.contiguous()?.reshape(&[b * (l - 1)])?;
+        debug_assert_eq!(tgt.dtype(), DType::I64);
+        pred.cross_entropy(&tgt, ignore, 0.0)
+    }
+}

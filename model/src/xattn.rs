@@ -1,0 +1,138 @@
+//! Gated cross-attention dense blocks (SPEC.md §2.4) and the per-image masking rule (§2.5).
+//!
+//! This is the reference formulation (a dense masked attention over all `M·R` visual tokens);
+//! the fused kernel that exploits the contiguous runs of `t(ℓ)` comes with the fused-kernels issue.
+use crate::nn::{merge_heads, split_heads, FeedForward, Init, LayerNorm, Linear};
+use flamingo_engine::{DType, Error, ParamStore, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Which media a text token may attend to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MediaAttention {
+    /// Only the last medium at or before the token (`t(ℓ)`), the paper's rule.
+    Immediate,
+    /// Every medium `j ≤ t(ℓ)`. Tokens before the first medium still see nothing.
+    AllPrevious,
+}
+
+/// `t(ℓ)` for each row: the number of `<image>` tokens at positions ≤ ℓ (`ids [b, l]` i64).
+/// Returned as an f32 tensor `[b, l]` (it is compared with float key indices in the mask).
+pub fn media_index(ids: &Tensor, media_token_id: i64) -> Result<Tensor> {
+    if ids.dtype() != DType::I64 || ids.rank() != 2 {
+        return Err(Error::Msg(format!("media_index: expected i64 token ids [batch, len], got {} {:?}", ids.dtype(), ids.shape())));
+    }
+    let (b, l) = (ids.shape()[0], ids.shape()[1]);
+    let v = ids.to_vec::<i64>()?;
+    let mut t = Vec::with_capacity(b * l);
+    for row in v.chunks(l.max(1)) {
+        let mut c = 0.0f32;
+        for &id in row {
+            if id == media_token_id {
+                c += 1.0;
+            }
+            t.push(c);
+        }
+    }
+    Tensor::from_vec(t, &[b, l])
+}
+
+/// Cross-attention hyper-parameters (OpenFlamingo: 8 heads × 64, ff_mult 4).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct XAttnConfig {
+    /// Text width (the LM's hidden size).
+    pub dim: usize,
+    /// Visual token width (the Perceiver's).
+    pub dim_visual: usize,
+    pub heads: usize,
+    pub dim_head: usize,
+    pub ff_mult: usize,
+    pub media_attention: MediaAttention,
+}
+
+/// Masked cross-attention: text queries, visual keys and values.
+#[derive(Clone, Debug)]
+pub struct MaskedCrossAttention {
+    norm: LayerNorm,
+    to_q: Linear,
+    to_kv: Linear,
+    to_out: Linear,
+    heads: usize,
+    dim_head: usize,
+    mode: MediaAttention,
+}
+
+impl MaskedCrossAttention {
+    pub fn new(store: &mut ParamStore, init: &mut Init, prefix: &str, cfg: &XAttnConfig) -> Result<MaskedCrossAttention> {
+        let inner = cfg.heads * cfg.dim_head;
+        Ok(MaskedCrossAttention {
+            norm: LayerNorm::new(store, init, &format!("{prefix}.norm"), cfg.dim, 1e-5)?,
+            to_q: Linear::new(store, init, &format!("{prefix}.to_q"), cfg.dim, inner, false)?,
+            to_kv: Linear::new(store, init, &format!("{prefix}.to_kv"), cfg.dim_visual, 2 * inner, false)?,
+            to_out: Linear::new(store, init, &format!("{prefix}.to_out"), inner, cfg.dim, false)?,
+            heads: cfg.heads,
+            dim_head: cfg.dim_head,
+            mode: cfg.media_attention,
+        })
+    }
+
+    /// `y [b, l, d]`, `media [b, m, r, dv]`, `t [b, l]` (from [`media_index`]) → `[b, l, d]`.
+    /// Rows with `t = 0` get exactly zero.
+    pub fn forward(&self, p: &ParamStore, y: &Tensor, media: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let (b, m, r) = (media.shape()[0], media.shape()[1], media.shape()[2]);
+        if y.shape()[0] != b || t.shape() != &y.shape()[..2] {
+            return Err(Error::Msg(format!("cross-attention: text {:?}, media {:?} and media index {:?} disagree", y.shape(), media.shape(), t.shape())));
+        }
+        let inner = self.heads * self.dim_head;
+        let q = split_heads(&self.to_q.forward(p, &self.norm.forward(p, y)?)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
+        let kv = self.to_kv.forward(p, &media.reshape(&[b, m * r, media.shape()[3]])?)?;
+        let k = split_heads(&kv.narrow(-1, 0, inner)?, self.heads)?;
+        let v = split_heads(&kv.narrow(-1, inner, inner)?, self.heads)?;
+        let scores = q.matmul(&k.t()?)?; // [b, h, l, m·r]
+        let dt = scores.dtype();
+        // Key κ belongs to medium κ / r + 1 (1-based, like t).
+        let key_media: Vec<f32> = (0..m * r).map(|k| (k / r + 1) as f32).collect();
+        let key_media = Tensor::from_vec(key_media, &[1, 1, m * r])?.to_dtype(dt)?;
+        let tt = t.to_dtype(dt)?.unsqueeze(-1)?; // [b, l, 1]
+        let allowed = match self.mode {
+            MediaAttention::Immediate => tt.eq_mask(&key_media)?,
+            MediaAttention::AllPrevious => tt.ge(&key_media)?,
+        };
+        let blocked = allowed.affine(-1.0, 1.0)?.unsqueeze(1)?; // [b, 1, l, m·r]
+        // A large finite value, not −∞: rows with nothing allowed must stay finite (they are
+        // zeroed just below rather than turning into NaN).
+        let attn = scores.masked_fill(&blocked, -1e30)?.softmax(-1)?;
+        let has_media = tt.gt(&Tensor::zeros(&[], dt, Default::default()))?.unsqueeze(1)?; // [b, 1, l, 1]
+        let attn = attn.mul(&has_media)?;
+        self.to_out.forward(p, &merge_heads(&attn.matmul(&v)?)?)
+    }
+}
+
+/// `y ← y + tanh(α_xattn)·XAttn(y); y ← y + tanh(α_ffw)·FFW(y)`, gates initialised to 0.
+/// Names: `{prefix}.attn_gate`, `{prefix}.ff_gate`, `{prefix}.attn.*`, `{prefix}.ff.*`.
+#[derive(Clone, Debug)]
+pub struct GatedCrossAttentionBlock {
+    pub attn: MaskedCrossAttention,
+    pub ff: FeedForward,
+    pub attn_gate: String,
+    pub ff_gate: String,
+}
+
+impl GatedCrossAttentionBlock {
+    pub fn new(store: &mut ParamStore, init: &mut Init, prefix: &str, cfg: &XAttnConfig) -> Result<GatedCrossAttentionBlock> {
+        Ok(GatedCrossAttentionBlock {
+            attn: MaskedCrossAttention::new(store, init, &format!("{prefix}.attn"), cfg)?,
+            ff: FeedForward::new(store, init, &format!("{prefix}.ff"), cfg.dim, cfg.ff_mult)?,
+            attn_gate: init.constant(store, &format!("{prefix}.attn_gate"), &[1], 0.0)?,
+            ff_gate: init.constant(store, &format!("{prefix}.ff_gate"), &[1], 0.0)?,
+        })
+    }
+
+    /// `y [b, l, d]` → `[b, l, d]`.
+    pub fn forward(&self, p: &ParamStore, y: &Tensor, media: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let ga = p.require(&self.attn_gate)?.tanh()?;
+        let y = y.add(&self.attn.forward(p, y, media, t)?.mul(&ga)?)?;
+        let gf = p.require(&self.ff_gate)?.tanh()?;
+        y.add(&self.ff.forward(p, &y)?.mul(&gf)?)
+    }
+}
