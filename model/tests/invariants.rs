@@ -1,0 +1,163 @@
+//! SPEC.md §3 invariants 1, 2, 3, 5 and 7 on a tiny random Flamingo.
+use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
+use flamingo_engine::{DType, ParamStore, Rng, Tensor};
+use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
+use flamingo_model::gpt2::Gpt2Config;
+use flamingo_model::nn::Init;
+use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
+use flamingo_model::xattn::{media_index, MaskedCrossAttention, MediaAttention, XAttnConfig};
+
+fn config(mode: MediaAttention) -> FlamingoConfig {
+    FlamingoConfig {
+        lm: Gpt2Config { vocab_size: 40, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 },
+        perceiver: PerceiverConfig { dim: 24, depth: 1, heads: 2, dim_head: 8, num_latents: 4, ff_mult: 2, max_num_frames: None, max_num_media: None },
+        xattn_heads: 2,
+        xattn_dim_head: 8,
+        xattn_ff_mult: 2,
+        media_attention: mode,
+        cross_attn_every_n_layers: 1,
+    }
+}
+
+/// Two rows of 12 tokens; `I` = `<image>`: row 0 `a b I c d e I f g h i j` (2 images),
+/// row 1 `I a b c I d e I f g h i` (3 images).
+fn ids(model: &Flamingo) -> Tensor {
+    let i = model.media_token_id();
+    let v = vec![1, 2, i, 3, 4, 5, i, 6, 7, 8, 9, 10, i, 1, 2, 3, i, 4, 5, i, 6, 7, 8, 9];
+    Tensor::from_vec(v, &[2, 12]).unwrap()
+}
+
+fn features(seed: u64) -> Tensor {
+    Tensor::randn(&[2, 3, 1, 5, 24], DType::F32, &mut Rng::new(seed))
+}
+
+fn bits(t: &Tensor) -> Vec<u32> {
+    t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+fn invariant_1_zero_gates_give_the_frozen_lm_bit_for_bit() {
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(1)).unwrap();
+    let ids = ids(&model);
+    let lm = model.forward_lm_only(&store, &ids).unwrap();
+    for seed in [2, 3] {
+        let media = model.encode_media(&store, &features(seed)).unwrap();
+        let fl = model.forward(&store, &ids, &media).unwrap();
+        assert_eq!(bits(&fl), bits(&lm), "images changed the logits although every gate is 0");
+    }
+}
+
+#[test]
+fn invariant_2_each_token_sees_only_its_image() {
+    for mode in [MediaAttention::Immediate, MediaAttention::AllPrevious] {
+        let cfg = XAttnConfig { dim: 16, dim_visual: 12, heads: 2, dim_head: 8, ff_mult: 2, media_attention: mode };
+        let mut store = ParamStore::new();
+        let mut rng = Rng::new(5);
+        let attn = MaskedCrossAttention::new(&mut store, &mut Init { rng: &mut rng, dtype: DType::F32, trainable: true }, "a", &cfg).unwrap();
+        // One row: tokens 0-1 before any image, image 1 at 2, image 2 at 6; a third (padding) medium.
+        let ids = Tensor::from_vec(vec![5i64, 5, 9, 5, 5, 5, 9, 5, 5], &[1, 9]).unwrap();
+        let t = media_index(&ids, 9).unwrap();
+        assert_eq!(t.to_vec::<f32>().unwrap(), vec![0., 0., 1., 1., 1., 1., 2., 2., 2.]);
+        let y = Tensor::randn(&[1, 9, 16], DType::F32, &mut Rng::new(6));
+        let media = Tensor::randn(&[1, 3, 4, 12], DType::F32, &mut Rng::new(7));
+        let base = attn.forward(&store, &y, &media, &t).unwrap().to_vec::<f32>().unwrap();
+        let row = |v: &[f32], l: usize| v[l * 16..(l + 1) * 16].to_vec();
+        for l in 0..2 {
+            assert!(row(&base, l).iter().all(|&x| x == 0.0), "{mode:?}: token {l} before the first image is not zero");
+        }
+        for j in 0..3 {
+            // Replace medium j and see which tokens change.
+            let mut mv = media.to_vec::<f32>().unwrap();
+            for x in &mut mv[j * 48..(j + 1) * 48] {
+                *x = -*x + 0.5;
+            }
+            let changed = attn.forward(&store, &y, &Tensor::from_vec(mv, &[1, 3, 4, 12]).unwrap(), &t).unwrap().to_vec::<f32>().unwrap();
+            let tv = t.to_vec::<f32>().unwrap();
+            for l in 0..9 {
+                let sees = match mode {
+                    MediaAttention::Immediate => tv[l] as usize == j + 1,
+                    MediaAttention::AllPrevious => tv[l] as usize >= j + 1,
+                };
+                assert_eq!(row(&base, l) != row(&changed, l), sees, "{mode:?}: medium {} and token {l} (t = {})", j + 1, tv[l]);
+            }
+        }
+    }
+}
+
+#[test]
+fn invariant_3_perceiver_processes_media_independently() {
+    let cfg = PerceiverConfig { dim: 16, depth: 2, heads: 2, dim_head: 8, num_latents: 5, ff_mult: 2, max_num_frames: Some(2), max_num_media: None };
+    let mut store = ParamStore::new();
+    let mut rng = Rng::new(8);
+    let p = PerceiverResampler::new(&mut store, &mut Init { rng: &mut rng, dtype: DType::F32, trainable: true }, "perceiver", &cfg).unwrap();
+    let x = Tensor::randn(&[2, 3, 2, 7, 16], DType::F32, &mut Rng::new(9));
+    let out = p.forward(&store, &x).unwrap();
+    assert_eq!(out.shape(), &[2, 3, 5, 16]);
+    let perm = Tensor::from_vec(vec![2i64, 0, 1], &[3]).unwrap();
+    let out_perm = p.forward(&store, &x.index_select(1, &perm).unwrap()).unwrap();
+    assert_eq!(bits(&out_perm), bits(&out.index_select(1, &perm).unwrap()));
+}
+
+#[test]
+fn invariant_5_frozen_lm_gets_no_gradient_and_does_not_move() {
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(10)).unwrap();
+    // Open the gates so gradients reach every trainable part.
+    for (name, t) in store.iter() {
+        if name.ends_with("_gate") {
+            t.assign(&Tensor::full(&[1], 0.5, DType::F32, Default::default())).unwrap();
+        }
+    }
+    let ids = ids(&model);
+    let before: Vec<(String, Vec<u32>)> = store.iter().filter(|(_, t)| !t.requires_grad()).map(|(n, t)| (n.clone(), bits(t))).collect();
+    assert!(before.iter().all(|(n, _)| n.starts_with("lang_encoder.transformer.")));
+    let mut opt = AdamW::new(vec![ParamGroup::new(store.trainable(), 1e-2, 0.1)], AdamWConfig::default()).unwrap();
+    let media = model.encode_media(&store, &features(11)).unwrap();
+    let logits = model.forward(&store, &ids, &media).unwrap();
+    Flamingo::loss(&logits, &model.targets(&ids, None, true).unwrap()).unwrap().backward().unwrap();
+    for (name, t) in store.iter() {
+        if t.requires_grad() {
+            let g = t.grad().unwrap_or_else(|| panic!("trainable {name} got no gradient"));
+            assert!(g.to_vec::<f32>().unwrap().iter().any(|v| *v != 0.0), "trainable {name} got an all-zero gradient");
+        } else {
+            assert!(t.grad().is_none(), "frozen {name} got a gradient");
+        }
+    }
+    opt.step().unwrap();
+    for (name, b) in before {
+        assert_eq!(bits(store.get(&name).unwrap()), b, "frozen {name} changed");
+    }
+}
+
+#[test]
+fn invariant_7_trainable_checkpoint_round_trips_and_reports_frozen_as_missing() {
+    let dir = std::env::temp_dir().join(format!("flamingo-inv7-{}", std::process::id()));
+    let path = dir.join("trainable.safetensors");
+    let mut a = ParamStore::new();
+    Flamingo::new(&mut a, &config(MediaAttention::Immediate), &mut Rng::new(12)).unwrap();
+    a.save_trainable_safetensors(&path, None).unwrap();
+    let mut b = ParamStore::new();
+    Flamingo::new(&mut b, &config(MediaAttention::Immediate), &mut Rng::new(13)).unwrap();
+    let report = b.load_safetensors(&path, false).unwrap();
+    let frozen: Vec<String> = b.iter().filter(|(_, t)| !t.requires_grad()).map(|(n, _)| n.clone()).collect();
+    assert_eq!(report.missing, frozen, "missing keys must be exactly the frozen parts");
+    assert!(report.unexpected.is_empty() && report.mismatched.is_empty(), "{report}");
+    for (name, t) in a.iter().filter(|(_, t)| t.requires_grad()) {
+        assert_eq!(bits(b.get(name).unwrap()), bits(t), "{name} did not round-trip");
+    }
+}
+
+#[test]
+fn label_rules() {
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(14)).unwrap();
+    let (i, e) = (model.media_token_id(), model.eoc_token_id());
+    let ids = Tensor::from_vec(vec![3i64, 4, i, 5, e, 0, 0], &[1, 7]).unwrap();
+    // Targets are ids[1..]: 4 (before the first image: not a target when interleaved), <image>
+    // (never), 5, <|endofchunk|> (a target), pad, pad (never).
+    let t = model.targets(&ids, Some(0), true).unwrap().to_vec::<i64>().unwrap();
+    assert_eq!(t, vec![-100, -100, 5, e, -100, -100]);
+    let t = model.targets(&ids, Some(0), false).unwrap().to_vec::<i64>().unwrap();
+    assert_eq!(t, vec![4, -100, 5, e, -100, -100]);
+}
