@@ -4,10 +4,10 @@
 //!
 //! The vision encoder (NFNet) is not built yet, so `forward` takes visual *features*
 //! `[b, media, frames, tokens, dim_visual]`, as the frozen encoder would produce them.
-use crate::gpt2::{Gpt2, Gpt2Config};
+use crate::gpt2::{Gpt2, Gpt2Config, LayerKv};
 use crate::nn::Init;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
-use crate::xattn::{media_index, GatedCrossAttentionBlock, MediaAttention, XAttnConfig};
+use crate::xattn::{media_index, media_index_from, GatedCrossAttentionBlock, MediaAttention, MediaKv, XAttnConfig};
 use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,26 @@ pub struct FlamingoConfig {
 /// Name of the trainable embedding rows of the two new tokens (`<image>`, `<|endofchunk|>`).
 pub const NEW_TOKENS: &str = "lang_encoder.new_token_embeddings.weight";
 const LM_PREFIX: &str = "lang_encoder.";
+
+/// What incremental decoding keeps between steps: each layer's self-attention keys/values, each
+/// block's visual keys/values (every image is encoded once), and how many media each row has seen.
+#[derive(Clone, Debug)]
+pub struct DecodeState {
+    layers: Vec<LayerKv>,
+    media_kv: Vec<Option<MediaKv>>,
+    seen_media: Vec<f32>,
+    len: usize,
+}
+
+impl DecodeState {
+    /// Tokens processed so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 /// Flamingo over a GPT-2 language model.
 #[derive(Clone, Debug)]
@@ -111,6 +131,64 @@ impl Flamingo {
     /// computes when both gates of every block are 0.
     pub fn forward_lm_only(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
         self.run(p, ids, None)
+    }
+
+    /// Starts incremental decoding over visual tokens `media [b, m, R, dv]`: computes every
+    /// block's visual keys/values once.
+    pub fn start_decoding(&self, p: &ParamStore, media: &Tensor) -> Result<DecodeState> {
+        let media_kv = self.blocks.iter().map(|b| b.as_ref().map(|b| b.attn.media_kv(p, media)).transpose()).collect::<Result<_>>()?;
+        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.n_layer], media_kv, seen_media: vec![0.0; media.shape()[0]], len: 0 })
+    }
+
+    /// Feeds `ids [b, l]` (the prompt, or the next token) and returns their logits
+    /// `[b, l, vocab + 2]`, reusing and extending the caches in `state`.
+    pub fn decode_step(&self, p: &ParamStore, state: &mut DecodeState, ids: &Tensor) -> Result<Tensor> {
+        let table = self.lm.embedding_table(p, Some(p.require(NEW_TOKENS)?))?;
+        let mut h = self.lm.embed(p, &table, ids, state.len)?;
+        let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
+        for i in 0..self.cfg.lm.n_layer {
+            if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {
+                h = block.forward_with_kv(p, &h, kv, &t)?;
+            }
+            h = self.lm.block_cached(p, i, &h, Some(&mut state.layers[i]))?;
+        }
+        let l = ids.shape()[1];
+        let tv = t.to_vec::<f32>()?;
+        for (row, seen) in state.seen_media.iter_mut().enumerate() {
+            if l > 0 {
+                *seen = tv[row * l + l - 1];
+            }
+        }
+        state.len += l;
+        self.lm.head(p, &table, &h)
+    }
+
+    /// Greedy decoding: feeds `prompt [b, l]`, then appends the most likely token until
+    /// `<|endofchunk|>` or `max_new` tokens. Returns each row's new tokens (the stop token
+    /// included when reached). Rows must have equal prompt lengths (no padding yet).
+    pub fn generate_greedy(&self, p: &ParamStore, prompt: &Tensor, media: &Tensor, max_new: usize) -> Result<Vec<Vec<i64>>> {
+        flamingo_engine::no_grad(|| {
+            let b = prompt.shape()[0];
+            let mut state = self.start_decoding(p, media)?;
+            let mut logits = self.decode_step(p, &mut state, prompt)?;
+            let mut out = vec![Vec::new(); b];
+            let mut done = vec![false; b];
+            for _ in 0..max_new {
+                let l = logits.shape()[1];
+                let next = logits.narrow(1, l - 1, 1)?.argmax(-1, false)?.to_vec::<i64>()?; // [b]
+                for r in 0..b {
+                    if !done[r] {
+                        out[r].push(next[r]);
+                        done[r] = next[r] == self.eoc_token_id();
+                    }
+                }
+                if done.iter().all(|&d| d) {
+                    break;
+                }
+                logits = self.decode_step(p, &mut state, &Tensor::from_vec(next, &[b, 1])?)?;
+            }
+            Ok(out)
+        })
     }
 
     /// Next-token targets `[b, l−1]` (−100 = not a target) by SPEC §2.7: padding (`pad_id`) and

@@ -20,6 +20,13 @@ fn default_eps() -> f64 {
     1e-5
 }
 
+/// Cached self-attention keys and values of one layer, `[b, heads, positions, head_dim]`.
+#[derive(Clone, Debug, Default)]
+pub struct LayerKv {
+    pub k: Option<Tensor>,
+    pub v: Option<Tensor>,
+}
+
 /// A GPT-2 decoder whose parameters live under `{prefix}transformer.*`.
 #[derive(Clone, Debug)]
 pub struct Gpt2 {
@@ -80,6 +87,12 @@ impl Gpt2 {
 
     /// One transformer block (pre-LN causal self-attention, then the MLP): `[b, l, d]` → same.
     pub fn block(&self, p: &ParamStore, i: usize, h: &Tensor) -> Result<Tensor> {
+        self.block_cached(p, i, h, None)
+    }
+
+    /// Like [`Gpt2::block`], continuing from (and extending) a self-attention key/value cache:
+    /// the `l` new positions attend to every cached position and causally among themselves.
+    pub fn block_cached(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>) -> Result<Tensor> {
         let eps = self.cfg.layer_norm_epsilon;
         let g = |s: &str| self.w(p, &format!("h.{i}.{s}"));
         let conv1d = |x: &Tensor, s: &str| -> Result<Tensor> { x.linear(&g(&format!("{s}.weight"))?.t()?, Some(g(&format!("{s}.bias"))?)) };
@@ -88,11 +101,23 @@ impl Gpt2 {
         let x = h.layer_norm(Some(g("ln_1.weight")?), Some(g("ln_1.bias")?), eps)?;
         let qkv = conv1d(&x, "attn.c_attn")?;
         let q = split_heads(&qkv.narrow(-1, 0, d)?, heads)?;
-        let k = split_heads(&qkv.narrow(-1, d, d)?, heads)?;
-        let v = split_heads(&qkv.narrow(-1, 2 * d, d)?, heads)?;
+        let mut k = split_heads(&qkv.narrow(-1, d, d)?, heads)?;
+        let mut v = split_heads(&qkv.narrow(-1, 2 * d, d)?, heads)?;
+        let mut past = 0;
+        if let Some(c) = cache {
+            if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
+                past = pk.shape()[2];
+                k = Tensor::concat(&[pk, &k], 2)?;
+                v = Tensor::concat(&[pv, &v], 2)?;
+            }
+            c.k = Some(k.clone());
+            c.v = Some(v.clone());
+        }
+        let total = past + l;
         let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
-        let future: Vec<f32> = (0..l * l).map(|i| if i % l > i / l { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(future, &[l, l])?.to_dtype(scores.dtype())?;
+        // Query a (absolute position past + a) may not see key j > past + a.
+        let future: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(future, &[l, total])?.to_dtype(scores.dtype())?;
         let a = scores.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&conv1d(&merge_heads(&a)?, "attn.c_proj")?)?;
         let x = h.layer_norm(Some(g("ln_2.weight")?), Some(g("ln_2.bias")?), eps)?;

@@ -19,14 +19,20 @@ pub enum MediaAttention {
 /// `t(ℓ)` for each row: the number of `<image>` tokens at positions ≤ ℓ (`ids [b, l]` i64).
 /// Returned as an f32 tensor `[b, l]` (it is compared with float key indices in the mask).
 pub fn media_index(ids: &Tensor, media_token_id: i64) -> Result<Tensor> {
-    if ids.dtype() != DType::I64 || ids.rank() != 2 {
-        return Err(Error::Msg(format!("media_index: expected i64 token ids [batch, len], got {} {:?}", ids.dtype(), ids.shape())));
+    media_index_from(ids, media_token_id, &vec![0.0; ids.shape().first().copied().unwrap_or(0)])
+}
+
+/// [`media_index`] for a continuation: row i has already seen `seen[i]` media (incremental
+/// decoding).
+pub fn media_index_from(ids: &Tensor, media_token_id: i64, seen: &[f32]) -> Result<Tensor> {
+    if ids.dtype() != DType::I64 || ids.rank() != 2 || seen.len() != ids.shape()[0] {
+        return Err(Error::Msg(format!("media_index: expected i64 token ids [batch, len] and one count per row, got {} {:?} and {}", ids.dtype(), ids.shape(), seen.len())));
     }
     let (b, l) = (ids.shape()[0], ids.shape()[1]);
     let v = ids.to_vec::<i64>()?;
     let mut t = Vec::with_capacity(b * l);
-    for row in v.chunks(l.max(1)) {
-        let mut c = 0.0f32;
+    for (ri, row) in v.chunks(l.max(1)).enumerate() {
+        let mut c = seen[ri];
         for &id in row {
             if id == media_token_id {
                 c += 1.0;
@@ -48,6 +54,15 @@ pub struct XAttnConfig {
     pub dim_head: usize,
     pub ff_mult: usize,
     pub media_attention: MediaAttention,
+}
+
+/// Visual keys and values of one block for a set of media.
+#[derive(Clone, Debug)]
+pub struct MediaKv {
+    pub k: Tensor,
+    pub v: Tensor,
+    pub media: usize,
+    pub tokens: usize,
 }
 
 /// Masked cross-attention: text queries, visual keys and values.
@@ -79,15 +94,30 @@ impl MaskedCrossAttention {
     /// `y [b, l, d]`, `media [b, m, r, dv]`, `t [b, l]` (from [`media_index`]) → `[b, l, d]`.
     /// Rows with `t = 0` get exactly zero.
     pub fn forward(&self, p: &ParamStore, y: &Tensor, media: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let (b, m, r) = (media.shape()[0], media.shape()[1], media.shape()[2]);
-        if y.shape()[0] != b || t.shape() != &y.shape()[..2] {
-            return Err(Error::Msg(format!("cross-attention: text {:?}, media {:?} and media index {:?} disagree", y.shape(), media.shape(), t.shape())));
+        let kv = self.media_kv(p, media)?;
+        self.forward_with_kv(p, y, &kv, t)
+    }
+
+    /// The visual keys and values, computed once per set of images and reusable across decoding
+    /// steps: `media [b, m, r, dv]` → `MediaKv` with `k`, `v` `[b, heads, m·r, dim_head]`.
+    pub fn media_kv(&self, p: &ParamStore, media: &Tensor) -> Result<MediaKv> {
+        if media.rank() != 4 {
+            return Err(Error::Msg(format!("cross-attention: media must be [batch, media, tokens, dim], got {:?}", media.shape())));
         }
+        let (b, m, r) = (media.shape()[0], media.shape()[1], media.shape()[2]);
         let inner = self.heads * self.dim_head;
-        let q = split_heads(&self.to_q.forward(p, &self.norm.forward(p, y)?)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
         let kv = self.to_kv.forward(p, &media.reshape(&[b, m * r, media.shape()[3]])?)?;
-        let k = split_heads(&kv.narrow(-1, 0, inner)?, self.heads)?;
-        let v = split_heads(&kv.narrow(-1, inner, inner)?, self.heads)?;
+        Ok(MediaKv { k: split_heads(&kv.narrow(-1, 0, inner)?, self.heads)?, v: split_heads(&kv.narrow(-1, inner, inner)?, self.heads)?, media: m, tokens: r })
+    }
+
+    /// Cross-attention with precomputed visual keys/values.
+    pub fn forward_with_kv(&self, p: &ParamStore, y: &Tensor, kv: &MediaKv, t: &Tensor) -> Result<Tensor> {
+        let (b, m, r) = (kv.k.shape()[0], kv.media, kv.tokens);
+        if y.shape()[0] != b || t.shape() != &y.shape()[..2] {
+            return Err(Error::Msg(format!("cross-attention: text {:?}, media batch {b} and media index {:?} disagree", y.shape(), t.shape())));
+        }
+        let q = split_heads(&self.to_q.forward(p, &self.norm.forward(p, y)?)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
+        let (k, v) = (&kv.k, &kv.v);
         let scores = q.matmul(&k.t()?)?; // [b, h, l, m·r]
         let dt = scores.dtype();
         // Key κ belongs to medium κ / r + 1 (1-based, like t).
@@ -130,8 +160,13 @@ impl GatedCrossAttentionBlock {
 
     /// `y [b, l, d]` → `[b, l, d]`.
     pub fn forward(&self, p: &ParamStore, y: &Tensor, media: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with_kv(p, y, &self.attn.media_kv(p, media)?, t)
+    }
+
+    /// The block with the visual keys/values precomputed by [`MaskedCrossAttention::media_kv`].
+    pub fn forward_with_kv(&self, p: &ParamStore, y: &Tensor, kv: &MediaKv, t: &Tensor) -> Result<Tensor> {
         let ga = p.require(&self.attn_gate)?.tanh()?;
-        let y = y.add(&self.attn.forward(p, y, media, t)?.mul(&ga)?)?;
+        let y = y.add(&self.attn.forward_with_kv(p, y, kv, t)?.mul(&ga)?)?;
         let gf = p.require(&self.ff_gate)?.tanh()?;
         y.add(&self.ff.forward(p, &y)?.mul(&gf)?)
     }

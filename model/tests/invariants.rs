@@ -161,3 +161,30 @@ fn label_rules() {
     let t = model.targets(&ids, Some(0), false).unwrap().to_vec::<i64>().unwrap();
     assert_eq!(t, vec![4, -100, 5, e, -100, -100]);
 }
+
+#[test]
+fn invariant_4_incremental_decoding_matches_the_full_forward() {
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(15)).unwrap();
+    for (name, t) in store.iter() {
+        if name.ends_with("_gate") {
+            t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();
+        }
+    }
+    let ids = ids(&model);
+    let media = model.encode_media(&store, &features(16)).unwrap();
+    let full = model.forward(&store, &ids, &media).unwrap().to_vec::<f32>().unwrap();
+    let mut state = model.start_decoding(&store, &media).unwrap();
+    let mut pieces = vec![model.decode_step(&store, &mut state, &ids.narrow(1, 0, 5).unwrap()).unwrap()];
+    for pos in 5..12 {
+        pieces.push(model.decode_step(&store, &mut state, &ids.narrow(1, pos, 1).unwrap()).unwrap());
+    }
+    assert_eq!(state.len(), 12);
+    let inc = Tensor::concat(&pieces.iter().collect::<Vec<_>>(), 1).unwrap().to_vec::<f32>().unwrap();
+    let scale = full.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let err = full.iter().zip(&inc).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-5 * scale, "incremental logits differ by {err} (scale {scale})");
+    let out = model.generate_greedy(&store, &ids, &media, 4).unwrap();
+    assert_eq!(out.len(), 2);
+    assert!(out.iter().all(|r| !r.is_empty() && r.len() <= 4));
+}
