@@ -5,10 +5,11 @@
 //! Flamingo model that glues them to a frozen language model. Parameter names follow
 //! OpenFlamingo and HuggingFace (SPEC.md §4) so public checkpoints load.
 //!
-//! Not yet here (next sessions): NFNet and the contrastive model, the LLaMA-style decoder,
-//! generation with KV caches, and the `flamingo forward` testbed command.
+//! Not yet here (next sessions): NFNet and the contrastive model; sampling, beam search and
+//! batched left-padded generation (greedy decoding with KV caches is here).
 pub mod flamingo;
 pub mod gpt2;
+pub mod llama;
 pub mod nn;
 pub mod perceiver;
 pub mod xattn;

@@ -104,3 +104,36 @@ fn gpt2_matches_huggingface() {
         assert_close(&key, &p.grad().unwrap(), &f.get(&key).unwrap());
     }
 }
+
+#[test]
+fn llama_matches_huggingface() {
+    use flamingo_model::llama::{Llama, LlamaConfig};
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_tiny.safetensors");
+    let f = SafetensorsFile::open(&p).unwrap();
+    let cfg = LlamaConfig {
+        vocab_size: 50,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        max_position_embeddings: 32,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        tie_word_embeddings: false,
+    };
+    let mut store = ParamStore::new();
+    let mut rng = Rng::new(0);
+    let lm = Llama::new(&mut store, &mut init(&mut rng), "", &cfg).unwrap();
+    load_into(&store, &f, "", "llama.");
+    let ids = f.get("llama.in.ids").unwrap();
+    let logits = lm.forward(&store, &ids).unwrap();
+    assert_close("llama.out.logits", &logits, &f.get("llama.out.logits").unwrap());
+    let loss = Gpt2::shifted_loss(&logits, &ids, None).unwrap();
+    assert_close("llama.out.loss", &loss.reshape(&[1]).unwrap(), &f.get("llama.out.loss").unwrap());
+    loss.backward().unwrap();
+    for (name, t) in store.iter() {
+        let key = format!("llama.grad.{name}");
+        assert_close(&key, &t.grad().unwrap(), &f.get(&key).unwrap());
+    }
+}

@@ -19,6 +19,27 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Run one module on given inputs and weights and write its outputs (see docs/TESTBED.md).
+    Forward {
+        /// perceiver, xattn, lm or flamingo.
+        #[arg(long)]
+        module: String,
+        /// The module's JSON config.
+        #[arg(long)]
+        config: std::path::PathBuf,
+        /// Weights (safetensors, the module's parameter names).
+        #[arg(long)]
+        weights: std::path::PathBuf,
+        /// Inputs (safetensors).
+        #[arg(long)]
+        inputs: std::path::PathBuf,
+        /// Where to write the outputs (safetensors).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Gradient of the output: also write input and parameter gradients (`grad.<name>`).
+        #[arg(long)]
+        grad_output: Option<std::path::PathBuf>,
+    },
     /// Run a benchmark suite and print one row per case.
     Bench {
         /// Suite name (ops).
@@ -43,6 +64,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Command::Demo { steps, seed } => demo(steps, seed),
+        Command::Forward { module, config, weights, inputs, out, grad_output } => {
+            flamingo_trainer::testbed::run(&module, &config, &weights, &inputs, &out, grad_output.as_deref()).map_err(|e| e.to_string())
+        }
         Command::Bench { suite, list: true, .. } => flamingo_benches::suites::cases(&suite).map(|cs| cs.iter().for_each(|c| println!("{}", c.name))),
         Command::Bench { suite, json, cases, quick, .. } => bench(&suite, json, cases.as_deref(), quick),
     };

@@ -1,0 +1,183 @@
+//! A LLaMA-style decoder with HuggingFace names (`model.embed_tokens`, `model.layers.{i}.self_attn.{q,k,v,o}_proj`,
+//! `mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm`, `model.norm`, `lm_head`):
+//! RMSNorm, rotary positions (HF's half-split layout: dimension j pairs with j + d/2), SwiGLU MLP,
+//! grouped-query attention (query head h uses key/value head h / (heads / kv_heads)).
+use crate::gpt2::LayerKv;
+use crate::nn::{merge_heads, split_heads, Init};
+use flamingo_engine::{Error, ParamStore, Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// LLaMA hyper-parameters (HuggingFace names).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10000.0
+}
+
+/// A LLaMA decoder whose parameters live under `{prefix}model.*` and `{prefix}lm_head`.
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub cfg: LlamaConfig,
+    prefix: String,
+}
+
+/// `x · rsqrt(mean(x²) + eps) · w` over the last axis.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    let r = x.square()?.mean(&[-1], true)?.add_scalar(eps)?.rsqrt()?;
+    x.mul(&r)?.mul(w)
+}
+
+impl Llama {
+    pub fn new(store: &mut ParamStore, init: &mut Init, prefix: &str, cfg: &LlamaConfig) -> Result<Llama> {
+        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::Msg(format!(
+                "llama: {} heads must be a multiple of {} key/value heads and divide hidden size {}",
+                cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size
+            )));
+        }
+        let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+        let hd = d / cfg.num_attention_heads;
+        let kv = cfg.num_key_value_heads * hd;
+        let n = |s: &str| format!("{prefix}{s}");
+        init.normal(store, &n("model.embed_tokens.weight"), &[cfg.vocab_size, d], 0.02)?;
+        for i in 0..cfg.num_hidden_layers {
+            let l = |s: &str| n(&format!("model.layers.{i}.{s}"));
+            for (name, o, inp) in [("self_attn.q_proj", d, d), ("self_attn.k_proj", kv, d), ("self_attn.v_proj", kv, d), ("self_attn.o_proj", d, d), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f)] {
+                init.normal(store, &l(&format!("{name}.weight")), &[o, inp], 0.02)?;
+            }
+            init.constant(store, &l("input_layernorm.weight"), &[d], 1.0)?;
+            init.constant(store, &l("post_attention_layernorm.weight"), &[d], 1.0)?;
+        }
+        init.constant(store, &n("model.norm.weight"), &[d], 1.0)?;
+        if !cfg.tie_word_embeddings {
+            init.normal(store, &n("lm_head.weight"), &[cfg.vocab_size, d], 0.02)?;
+        }
+        Ok(Llama { cfg: cfg.clone(), prefix: prefix.to_string() })
+    }
+
+    fn w<'a>(&self, p: &'a ParamStore, s: &str) -> Result<&'a Tensor> {
+        p.require(&format!("{}{s}", self.prefix))
+    }
+
+    /// Input embedding table with optional `extra` rows appended.
+    pub fn embedding_table(&self, p: &ParamStore, extra: Option<&Tensor>) -> Result<Tensor> {
+        let t = self.w(p, "model.embed_tokens.weight")?;
+        match extra {
+            Some(e) => Tensor::concat(&[t, e], 0),
+            None => Ok(t.clone()),
+        }
+    }
+
+    /// Output projection rows (`lm_head`, or the embeddings when tied) with `extra` appended.
+    pub fn output_table(&self, p: &ParamStore, extra: Option<&Tensor>) -> Result<Tensor> {
+        let t = if self.cfg.tie_word_embeddings { self.w(p, "model.embed_tokens.weight")? } else { self.w(p, "lm_head.weight")? };
+        match extra {
+            Some(e) => Tensor::concat(&[t, e], 0),
+            None => Ok(t.clone()),
+        }
+    }
+
+    /// `cos, sin [l, head_dim]` for positions `offset..offset+l` (HF layout: the frequencies
+    /// repeated twice, `emb = cat(freqs, freqs)`).
+    fn rope_tables(&self, offset: usize, l: usize, dtype: flamingo_engine::DType) -> Result<(Tensor, Tensor)> {
+        let hd = self.cfg.hidden_size / self.cfg.num_attention_heads;
+        let half = hd / 2;
+        let mut cos = Vec::with_capacity(l * hd);
+        let mut sin = Vec::with_capacity(l * hd);
+        for pos in offset..offset + l {
+            for j in 0..hd {
+                let inv = 1.0 / self.cfg.rope_theta.powf((2 * (j % half)) as f64 / hd as f64);
+                let a = pos as f64 * inv;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        Ok((Tensor::from_vec(cos, &[l, hd])?.to_dtype(dtype)?, Tensor::from_vec(sin, &[l, hd])?.to_dtype(dtype)?))
+    }
+
+    /// `x [b, h, l, hd]` rotated: `x·cos + rotate_half(x)·sin`, `rotate_half = cat(−x₂, x₁)`.
+    fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        let hd = x.shape()[3];
+        let (x1, x2) = (x.narrow(-1, 0, hd / 2)?, x.narrow(-1, hd / 2, hd / 2)?);
+        let rot = Tensor::concat(&[&x2.neg()?, &x1], -1)?;
+        x.mul(cos)?.add(&rot.mul(sin)?)
+    }
+
+    /// Token embeddings `[b, l, d]` (positions enter through the rotary embedding, in blocks).
+    pub fn embed(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+        table.embedding(ids)
+    }
+
+    /// One decoder layer at positions `past..past+l`, extending the cache when given.
+    pub fn block_cached(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>) -> Result<Tensor> {
+        let g = |s: &str| self.w(p, &format!("model.layers.{i}.{s}"));
+        let eps = self.cfg.rms_norm_eps;
+        let (heads, kvh) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
+        let l = h.shape()[1];
+        let hd = self.cfg.hidden_size / heads;
+        let x = rms_norm(h, g("input_layernorm.weight")?, eps)?;
+        let past = cache.as_ref().and_then(|c| c.k.as_ref()).map(|k| k.shape()[2]).unwrap_or(0);
+        if past + l > self.cfg.max_position_embeddings {
+            return Err(Error::Msg(format!("llama: sequence of {} tokens exceeds max_position_embeddings = {}", past + l, self.cfg.max_position_embeddings)));
+        }
+        let (cos, sin) = self.rope_tables(past, l, h.dtype())?;
+        let q = Llama::rope(&split_heads(&x.linear(g("self_attn.q_proj.weight")?, None)?, heads)?, &cos, &sin)?;
+        let mut k = Llama::rope(&split_heads(&x.linear(g("self_attn.k_proj.weight")?, None)?, kvh)?, &cos, &sin)?;
+        let mut v = split_heads(&x.linear(g("self_attn.v_proj.weight")?, None)?, kvh)?;
+        if let Some(c) = cache {
+            if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
+                k = Tensor::concat(&[pk, &k], 2)?;
+                v = Tensor::concat(&[pv, &v], 2)?;
+            }
+            c.k = Some(k.clone());
+            c.v = Some(v.clone());
+        }
+        let total = past + l;
+        // Grouped-query attention: each key/value head serves heads/kvh consecutive query heads.
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let b = t.shape()[0];
+            t.unsqueeze(2)?.broadcast_as(&[b, kvh, heads / kvh, total, hd])?.reshape(&[b, heads, total, hd])
+        };
+        let (k, v) = (rep(&k)?, rep(&v)?);
+        let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
+        let future: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { 1.0 } else { 0.0 }).collect();
+        let mask = Tensor::from_vec(future, &[l, total])?.to_dtype(scores.dtype())?;
+        let a = scores.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&v)?;
+        let h = h.add(&merge_heads(&a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
+        let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;
+        let m = x.linear(g("mlp.gate_proj.weight")?, None)?.silu()?.mul(&x.linear(g("mlp.up_proj.weight")?, None)?)?;
+        h.add(&m.linear(g("mlp.down_proj.weight")?, None)?)
+    }
+
+    /// Final RMSNorm and the output projection onto `table` rows.
+    pub fn head(&self, p: &ParamStore, table: &Tensor, h: &Tensor) -> Result<Tensor> {
+        rms_norm(h, self.w(p, "model.norm.weight")?, self.cfg.rms_norm_eps)?.linear(table, None)
+    }
+
+    /// The whole LM: `ids [b, l]` → logits `[b, l, vocab]`.
+    pub fn forward(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
+        let mut h = self.embed(&self.embedding_table(p, None)?, ids)?;
+        for i in 0..self.cfg.num_hidden_layers {
+            h = self.block_cached(p, i, &h, None)?;
+        }
+        self.head(p, &self.output_table(p, None)?, &h)
+    }
+}
