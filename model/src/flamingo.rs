@@ -1,10 +1,12 @@
-//! The Flamingo model (SPEC.md §2): visual features → Perceiver Resampler → a frozen GPT-2 with
+//! The Flamingo model (SPEC.md §2): visual features → Perceiver Resampler → a frozen LM (GPT-2 or
+//! LLaMA-style) with
 //! gated cross-attention blocks inserted before every n-th layer, and the training loss with the
 //! label rules of §2.7.
 //!
 //! The vision encoder (NFNet) is not built yet, so `forward` takes visual *features*
 //! `[b, media, frames, tokens, dim_visual]`, as the frozen encoder would produce them.
-use crate::gpt2::{Gpt2, Gpt2Config, LayerKv};
+use crate::gpt2::LayerKv;
+use crate::lm::{Lm, LmConfig};
 use crate::nn::Init;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
 use crate::xattn::{media_index, media_index_from, GatedCrossAttentionBlock, MediaAttention, MediaKv, XAttnConfig};
@@ -14,7 +16,7 @@ use serde::{Deserialize, Serialize};
 /// Flamingo hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FlamingoConfig {
-    pub lm: Gpt2Config,
+    pub lm: LmConfig,
     pub perceiver: PerceiverConfig,
     pub xattn_heads: usize,
     pub xattn_dim_head: usize,
@@ -48,11 +50,11 @@ impl DecodeState {
     }
 }
 
-/// Flamingo over a GPT-2 language model.
+/// Flamingo over a frozen decoder LM.
 #[derive(Clone, Debug)]
 pub struct Flamingo {
     pub cfg: FlamingoConfig,
-    pub lm: Gpt2,
+    pub lm: Lm,
     pub perceiver: PerceiverResampler,
     /// `blocks[i]` runs before LM layer i.
     pub blocks: Vec<Option<GatedCrossAttentionBlock>>,
@@ -68,20 +70,20 @@ impl Flamingo {
             return Err(Error::Msg("cross_attn_every_n_layers must be at least 1".into()));
         }
         let mut frozen = Init { rng, dtype: DType::F32, trainable: false };
-        let lm = Gpt2::new(store, &mut frozen, LM_PREFIX, &cfg.lm)?;
+        let lm = Lm::new(store, &mut frozen, LM_PREFIX, &cfg.lm)?;
         let mut init = Init { rng: frozen.rng, dtype: DType::F32, trainable: true };
-        init.normal(store, NEW_TOKENS, &[2, cfg.lm.n_embd], 0.02)?;
+        init.normal(store, NEW_TOKENS, &[2, cfg.lm.hidden_size()], 0.02)?;
         let perceiver = PerceiverResampler::new(store, &mut init, "perceiver", &cfg.perceiver)?;
         let xcfg = XAttnConfig {
-            dim: cfg.lm.n_embd,
+            dim: cfg.lm.hidden_size(),
             dim_visual: cfg.perceiver.dim,
             heads: cfg.xattn_heads,
             dim_head: cfg.xattn_dim_head,
             ff_mult: cfg.xattn_ff_mult,
             media_attention: cfg.media_attention,
         };
-        let mut blocks = Vec::with_capacity(cfg.lm.n_layer);
-        for i in 0..cfg.lm.n_layer {
+        let mut blocks = Vec::with_capacity(cfg.lm.num_layers());
+        for i in 0..cfg.lm.num_layers() {
             blocks.push(if (i + 1) % cfg.cross_attn_every_n_layers == 0 {
                 Some(GatedCrossAttentionBlock::new(store, &mut init, &format!("{LM_PREFIX}gated_cross_attn_layers.{i}.gated_cross_attn_layer"), &xcfg)?)
             } else {
@@ -93,11 +95,11 @@ impl Flamingo {
 
     /// Token id of `<image>` (the first id after the LM's vocabulary).
     pub fn media_token_id(&self) -> i64 {
-        self.cfg.lm.vocab_size as i64
+        self.cfg.lm.vocab_size() as i64
     }
     /// Token id of `<|endofchunk|>`.
     pub fn eoc_token_id(&self) -> i64 {
-        self.cfg.lm.vocab_size as i64 + 1
+        self.cfg.lm.vocab_size() as i64 + 1
     }
 
     /// Resamples visual features `[b, m, f, s, dv]` into visual tokens `[b, m, R, dv]`.
@@ -106,19 +108,20 @@ impl Flamingo {
     }
 
     fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>) -> Result<Tensor> {
-        let table = self.lm.embedding_table(p, Some(p.require(NEW_TOKENS)?))?;
+        let new_rows = p.require(NEW_TOKENS)?;
+        let table = self.lm.input_table(p, Some(new_rows))?;
         let mut h = self.lm.embed(p, &table, ids, 0)?;
         let t = match media {
             Some(_) => Some(media_index(ids, self.media_token_id())?),
             None => None,
         };
-        for i in 0..self.cfg.lm.n_layer {
+        for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(m), Some(t)) = (&self.blocks[i], media, &t) {
                 h = block.forward(p, &h, m, t)?;
             }
-            h = self.lm.block(p, i, &h)?;
+            h = self.lm.block_cached(p, i, &h, None)?;
         }
-        self.lm.head(p, &table, &h)
+        self.lm.head(p, &self.lm.output_table(p, Some(new_rows))?, &h)
     }
 
     /// Logits `[b, l, vocab + 2]` for token ids `[b, l]` and visual tokens `[b, m, R, dv]`
@@ -137,16 +140,17 @@ impl Flamingo {
     /// block's visual keys/values once.
     pub fn start_decoding(&self, p: &ParamStore, media: &Tensor) -> Result<DecodeState> {
         let media_kv = self.blocks.iter().map(|b| b.as_ref().map(|b| b.attn.media_kv(p, media)).transpose()).collect::<Result<_>>()?;
-        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.n_layer], media_kv, seen_media: vec![0.0; media.shape()[0]], len: 0 })
+        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; media.shape()[0]], len: 0 })
     }
 
     /// Feeds `ids [b, l]` (the prompt, or the next token) and returns their logits
     /// `[b, l, vocab + 2]`, reusing and extending the caches in `state`.
     pub fn decode_step(&self, p: &ParamStore, state: &mut DecodeState, ids: &Tensor) -> Result<Tensor> {
-        let table = self.lm.embedding_table(p, Some(p.require(NEW_TOKENS)?))?;
+        let new_rows = p.require(NEW_TOKENS)?;
+        let table = self.lm.input_table(p, Some(new_rows))?;
         let mut h = self.lm.embed(p, &table, ids, state.len)?;
         let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
-        for i in 0..self.cfg.lm.n_layer {
+        for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {
                 h = block.forward_with_kv(p, &h, kv, &t)?;
             }
@@ -160,7 +164,7 @@ impl Flamingo {
             }
         }
         state.len += l;
-        self.lm.head(p, &table, &h)
+        self.lm.head(p, &self.lm.output_table(p, Some(new_rows))?, &h)
     }
 
     /// Greedy decoding: feeds `prompt [b, l]`, then appends the most likely token until

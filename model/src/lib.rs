@@ -10,6 +10,7 @@
 pub mod flamingo;
 pub mod gpt2;
 pub mod llama;
+pub mod lm;
 pub mod nn;
 pub mod perceiver;
 pub mod xattn;

@@ -3,13 +3,15 @@ use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
 use flamingo_engine::{DType, ParamStore, Rng, Tensor};
 use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
 use flamingo_model::gpt2::Gpt2Config;
+use flamingo_model::llama::LlamaConfig;
+use flamingo_model::lm::LmConfig;
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 use flamingo_model::xattn::{media_index, MaskedCrossAttention, MediaAttention, XAttnConfig};
 
 fn config(mode: MediaAttention) -> FlamingoConfig {
     FlamingoConfig {
-        lm: Gpt2Config { vocab_size: 40, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 },
+        lm: LmConfig::Gpt2(Gpt2Config { vocab_size: 40, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 }),
         perceiver: PerceiverConfig { dim: 24, depth: 1, heads: 2, dim_head: 8, num_latents: 4, ff_mult: 2, max_num_frames: None, max_num_media: None },
         xattn_heads: 2,
         xattn_dim_head: 8,
@@ -35,10 +37,36 @@ fn bits(t: &Tensor) -> Vec<u32> {
     t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
 }
 
+/// The same Flamingo over a LLaMA-style LM (grouped-query attention, rotary positions).
+fn llama_config() -> FlamingoConfig {
+    FlamingoConfig {
+        lm: LmConfig::Llama(LlamaConfig {
+            vocab_size: 40,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            max_position_embeddings: 32,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+        }),
+        ..config(MediaAttention::Immediate)
+    }
+}
+
 #[test]
 fn invariant_1_zero_gates_give_the_frozen_lm_bit_for_bit() {
-    let mut store = ParamStore::new();
-    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(1)).unwrap();
+    for cfg in [config(MediaAttention::Immediate), llama_config()] {
+        let mut store = ParamStore::new();
+        let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(1)).unwrap();
+        check_zero_gates(&store, &model);
+    }
+}
+
+fn check_zero_gates(store: &ParamStore, model: &Flamingo) {
+    let store = store.clone();
     let ids = ids(&model);
     let lm = model.forward_lm_only(&store, &ids).unwrap();
     for seed in [2, 3] {
@@ -164,8 +192,14 @@ fn label_rules() {
 
 #[test]
 fn invariant_4_incremental_decoding_matches_the_full_forward() {
+    for cfg in [config(MediaAttention::Immediate), llama_config()] {
+        check_incremental(&cfg);
+    }
+}
+
+fn check_incremental(cfg: &FlamingoConfig) {
     let mut store = ParamStore::new();
-    let model = Flamingo::new(&mut store, &config(MediaAttention::Immediate), &mut Rng::new(15)).unwrap();
+    let model = Flamingo::new(&mut store, cfg, &mut Rng::new(15)).unwrap();
     for (name, t) in store.iter() {
         if name.ends_with("_gate") {
             t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();

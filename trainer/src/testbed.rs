@@ -5,7 +5,7 @@
 use flamingo_engine::io::{self, SafetensorsFile};
 use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
 use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
-use flamingo_model::gpt2::{Gpt2, Gpt2Config};
+use flamingo_model::lm::{Lm, LmConfig};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 use flamingo_model::xattn::{media_index, GatedCrossAttentionBlock, XAttnConfig};
@@ -52,8 +52,8 @@ pub fn run(module: &str, config: &Path, weights: &Path, inputs: &Path, out_path:
             ("out", m.forward(&store, &y, &media, &t)?)
         }
         "lm" => {
-            let cfg: Gpt2Config = read_config(config)?;
-            let m = Gpt2::new(&mut store, &mut init, "", &cfg)?;
+            let cfg: LmConfig = read_config(config)?;
+            let m = Lm::new(&mut store, &mut init, "", &cfg)?;
             store.load_safetensors(weights, true)?;
             ("logits", m.forward(&store, &inputs_file.get("ids")?)?)
         }
