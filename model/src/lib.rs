@@ -5,9 +5,10 @@
 //! Flamingo model that glues them to a frozen language model. Parameter names follow
 //! OpenFlamingo and HuggingFace (SPEC.md §4) so public checkpoints load.
 //!
-//! Not yet here (next sessions): NFNet and the contrastive model; sampling, beam search and
-//! batched left-padded generation (greedy decoding with KV caches is here).
+//! Not yet here (next sessions): NFNet and the contrastive model; batched generation with left
+//! padding (rows of a batch must have equal prompt lengths for now).
 pub mod flamingo;
+pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod lm;
