@@ -5,13 +5,14 @@
 //! Flamingo model that glues them to a frozen language model. Parameter names follow
 //! OpenFlamingo and HuggingFace (SPEC.md §4) so public checkpoints load.
 //!
-//! Not yet here (next sessions): NFNet and the contrastive model; batched generation with left
+//! Not yet here (next sessions): the contrastive pretraining model; batched generation with left
 //! padding (rows of a batch must have equal prompt lengths for now).
 pub mod flamingo;
 pub mod generate;
 pub mod gpt2;
 pub mod llama;
 pub mod lm;
+pub mod nfnet;
 pub mod nn;
 pub mod perceiver;
 pub mod xattn;
