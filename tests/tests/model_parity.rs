@@ -4,26 +4,17 @@
 //!
 //! Tolerance: for every compared tensor, max |ours − torch| ≤ 1e-5 · max |torch| (f32).
 use flamingo_engine::io::SafetensorsFile;
-use flamingo_engine::{DType, ParamStore, Rng, Tensor};
+use flamingo_tests::assert_close;
+use flamingo_engine::{DType, ParamStore, Rng};
 use flamingo_model::gpt2::{Gpt2, Gpt2Config};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 use flamingo_model::xattn::{media_index, GatedCrossAttentionBlock, MediaAttention, XAttnConfig};
-use std::path::PathBuf;
 
 fn fixture() -> SafetensorsFile {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/model_parts.safetensors");
-    SafetensorsFile::open(&p).unwrap_or_else(|e| panic!("cannot open the model fixture: {e}"))
+    flamingo_tests::fixture("model_parts.safetensors")
 }
 
-fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.shape(), theirs.shape(), "{name}: shape");
-    let a = ours.to_vec::<f64>().unwrap();
-    let b = theirs.to_vec::<f64>().unwrap();
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let err = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err <= 1e-5 * scale, "{name}: max abs error {err:e} exceeds 1e-5 × {scale:e}");
-}
 
 /// Overwrites every parameter of `store` with the fixture tensor `{file_prefix}{name}`; every
 /// parameter must be present (a strict load).
@@ -108,8 +99,7 @@ fn gpt2_matches_huggingface() {
 #[test]
 fn llama_matches_huggingface() {
     use flamingo_model::llama::{Llama, LlamaConfig};
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/llama_tiny.safetensors");
-    let f = SafetensorsFile::open(&p).unwrap();
+    let f = flamingo_tests::fixture("llama_tiny.safetensors");
     let cfg = LlamaConfig {
         vocab_size: 50,
         hidden_size: 32,
@@ -141,8 +131,7 @@ fn llama_matches_huggingface() {
 #[test]
 fn nfnet_matches_timm() {
     use flamingo_model::nfnet::{Activation, NfNet, NfNetConfig, WsEps};
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/nfnet_tiny.safetensors");
-    let f = SafetensorsFile::open(&p).unwrap();
+    let f = flamingo_tests::fixture("nfnet_tiny.safetensors");
     let cfg = NfNetConfig {
         depths: vec![1, 2, 1, 1],
         channels: vec![32, 64, 96, 128],

@@ -5,9 +5,9 @@
 //!
 //! Tolerance: for every compared tensor, max |ours − torch| ≤ 1e-5 · max |torch| (f32).
 use flamingo_engine::io::SafetensorsFile;
+use flamingo_tests::assert_close;
 use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
 use flamingo_engine::{DType, ParamStore, Result, Tensor};
-use std::path::PathBuf;
 
 const PARAMS: [&str; 18] = [
     "ln1.weight", "ln1.bias", "attn.q.weight", "attn.q.bias", "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias",
@@ -20,8 +20,7 @@ const HEADS: usize = 2;
 const ZERO_GRAD_PARAM: &str = "attn.k.bias";
 
 fn fixture() -> SafetensorsFile {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/engine_block.safetensors");
-    SafetensorsFile::open(&p).unwrap_or_else(|e| panic!("cannot open the parity fixture: {e}"))
+    flamingo_tests::fixture("engine_block.safetensors")
 }
 
 fn forward(p: &ParamStore, x: &Tensor, targets: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -47,14 +46,6 @@ fn forward(p: &ParamStore, x: &Tensor, targets: &Tensor) -> Result<(Tensor, Tens
     Ok((logits, loss))
 }
 
-fn assert_close(name: &str, ours: &Tensor, theirs: &Tensor) {
-    assert_eq!(ours.shape(), theirs.shape(), "{name}: shape");
-    let a = ours.to_vec::<f64>().unwrap();
-    let b = theirs.to_vec::<f64>().unwrap();
-    let scale = b.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
-    let err = a.iter().zip(&b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs()));
-    assert!(err <= 1e-5 * scale, "{name}: max abs error {err:e} exceeds 1e-5 × {scale:e}");
-}
 
 fn load_params(f: &SafetensorsFile) -> ParamStore {
     let mut store = ParamStore::new();

@@ -3,20 +3,15 @@
 use flamingo_engine::io::{self, SafetensorsFile};
 use flamingo_engine::Tensor;
 use flamingo_trainer::testbed;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn fixture() -> SafetensorsFile {
-    SafetensorsFile::open(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fixtures/model_parts.safetensors")).unwrap()
+    flamingo_tests::fixture("model_parts.safetensors")
 }
 
-fn close(name: &str, a: &Tensor, b: &Tensor) {
-    let (x, y) = (a.to_vec::<f64>().unwrap(), b.to_vec::<f64>().unwrap());
-    let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    let err = x.iter().zip(&y).fold(0.0f64, |m, (p, q)| m.max((p - q).abs()));
-    assert!(err <= 1e-5 * scale, "{name}: error {err:e} vs scale {scale:e}");
-}
+use flamingo_tests::assert_close as close;
 
-/// Writes the fixture tensors whose names start with `from` to `path`, renamed with `to`.
+/// Writes the fixture tensors `src` to `path` under the names `dst`.
 fn extract(f: &SafetensorsFile, path: &Path, pairs: &[(String, String)]) {
     let list: Vec<(String, Tensor)> = pairs.iter().map(|(src, dst)| (dst.clone(), f.get(src).unwrap())).collect();
     io::save(&list, path, None, None).unwrap();

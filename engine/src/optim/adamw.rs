@@ -31,16 +31,7 @@ pub struct AdamW {
 
 impl AdamW {
     pub fn new(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<AdamW> {
-        for g in &groups {
-            for (n, p) in &g.params {
-                if !p.requires_grad() {
-                    return Err(Error::Msg(format!("AdamW: parameter `{n}` does not require grad (frozen parameters must not be optimised)")));
-                }
-                if !matches!(p.dtype(), crate::DType::F32 | crate::DType::F64) {
-                    return Err(Error::UnsupportedDType { op: "AdamW", dtype: p.dtype() });
-                }
-            }
-        }
+        super::check_groups("AdamW", &groups)?;
         Ok(AdamW { groups, cfg, lr_factor: 1.0, state: BTreeMap::new() })
     }
     pub fn groups(&self) -> &[ParamGroup] {
@@ -52,11 +43,7 @@ impl AdamW {
     }
     /// Clears the gradients of every optimised parameter.
     pub fn zero_grad(&self) {
-        for g in &self.groups {
-            for (_, p) in &g.params {
-                p.zero_grad();
-            }
-        }
+        super::zero_grads(&self.groups);
     }
 
     /// One update of every parameter that has a gradient.

@@ -10,7 +10,7 @@ pub use clip::{adaptive_clip, clip_grad_norm};
 pub use schedule::{Decay, LrSchedule};
 pub use sgd::Sgd;
 
-use crate::Tensor;
+use crate::{DType, Error, Result, Tensor};
 
 /// Parameters optimised together with their own learning rate and weight decay.
 #[derive(Clone)]
@@ -23,5 +23,29 @@ pub struct ParamGroup {
 impl ParamGroup {
     pub fn new(params: Vec<(String, Tensor)>, lr: f64, weight_decay: f64) -> ParamGroup {
         ParamGroup { params, lr, weight_decay }
+    }
+}
+
+/// Checks that every parameter of `groups` is trainable and of a dtype the optimiser updates.
+pub(crate) fn check_groups(optimiser: &'static str, groups: &[ParamGroup]) -> Result<()> {
+    for g in groups {
+        for (n, p) in &g.params {
+            if !p.requires_grad() {
+                return Err(Error::Msg(format!("{optimiser}: parameter `{n}` does not require grad (frozen parameters must not be optimised)")));
+            }
+            if !matches!(p.dtype(), DType::F32 | DType::F64) {
+                return Err(Error::UnsupportedDType { op: optimiser, dtype: p.dtype() });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clears the gradients of every parameter of `groups`.
+pub(crate) fn zero_grads(groups: &[ParamGroup]) {
+    for g in groups {
+        for (_, p) in &g.params {
+            p.zero_grad();
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! SGD with momentum (PyTorch semantics: dampening 0, optional Nesterov, L2 weight decay).
 use super::ParamGroup;
-use crate::{Error, Result, Tensor};
+use crate::{Result, Tensor};
 use flamingo_kernels::cpu::optim::sgd as sgd_kernel;
 use std::collections::BTreeMap;
 
@@ -15,24 +15,15 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(groups: Vec<ParamGroup>, momentum: f64, nesterov: bool) -> Result<Sgd> {
-        for g in &groups {
-            for (n, p) in &g.params {
-                if !p.requires_grad() {
-                    return Err(Error::Msg(format!("SGD: parameter `{n}` does not require grad")));
-                }
-            }
-        }
+        super::check_groups("SGD", &groups)?;
         Ok(Sgd { groups, momentum, nesterov, lr_factor: 1.0, buffers: BTreeMap::new() })
     }
     pub fn set_lr_factor(&mut self, f: f64) {
         self.lr_factor = f;
     }
+    /// Clears the gradients of every optimised parameter.
     pub fn zero_grad(&self) {
-        for g in &self.groups {
-            for (_, p) in &g.params {
-                p.zero_grad();
-            }
-        }
+        super::zero_grads(&self.groups);
     }
     pub fn step(&mut self) -> Result<()> {
         for group in &self.groups {
@@ -52,8 +43,7 @@ impl Sgd {
                 }
                 match p.dtype() {
                     crate::DType::F32 => go!(f32),
-                    crate::DType::F64 => go!(f64),
-                    d => return Err(Error::UnsupportedDType { op: "SGD", dtype: d }),
+                    _ => go!(f64),
                 }
             }
         }
