@@ -7,6 +7,7 @@
 //!
 //! Not yet here (next sessions): the contrastive pretraining model; batched generation with left
 //! padding (rows of a batch must have equal prompt lengths for now).
+pub mod config;
 pub mod flamingo;
 pub mod generate;
 pub mod gpt2;

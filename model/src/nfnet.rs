@@ -184,6 +184,11 @@ pub fn parameter_shapes(cfg: &NfNetConfig) -> Result<Vec<(String, Vec<usize>)>> 
     Ok(v)
 }
 
+/// `(in, mid, out, stride, groups, has_downsample)` of every block, in order.
+pub fn block_geometry(cfg: &NfNetConfig) -> Result<Vec<(usize, usize, usize, usize, usize, bool)>> {
+    Ok(plan(cfg)?.into_iter().map(|b| (b.in_chs, b.mid, b.out, b.stride, b.groups, b.downsample)).collect())
+}
+
 /// Number of parameters, without allocating them.
 pub fn parameter_count(cfg: &NfNetConfig) -> Result<usize> {
     Ok(parameter_shapes(cfg)?.iter().map(|(_, s)| s.iter().product::<usize>()).sum())

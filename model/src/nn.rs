@@ -10,17 +10,46 @@ pub struct Init<'a> {
     pub trainable: bool,
 }
 
+thread_local! {
+    /// Set by [`plan_parameters`]: parameters are recorded, not allocated.
+    static PLAN: std::cell::RefCell<Option<Vec<PlannedParam>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// A parameter recorded by [`plan_parameters`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedParam {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub trainable: bool,
+}
+
+/// Runs a model constructor without allocating any weights and returns every parameter it would
+/// register (name, shape, trainable), in order: parameter counts of paper-scale models without
+/// their memory. The store passed to `build` receives empty placeholders.
+pub fn plan_parameters(build: impl FnOnce(&mut ParamStore) -> Result<()>) -> Result<Vec<PlannedParam>> {
+    PLAN.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    let mut store = ParamStore::new();
+    let r = build(&mut store);
+    let planned = PLAN.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    r.map(|_| planned)
+}
+
 impl Init<'_> {
-    /// Registers `name` with N(0, std²) values.
-    pub fn normal(&mut self, store: &mut ParamStore, name: &str, shape: &[usize], std: f64) -> Result<String> {
-        let t = Tensor::randn(shape, self.dtype, self.rng).mul_scalar(std)?;
+    fn register(&mut self, store: &mut ParamStore, name: &str, shape: &[usize], make: impl FnOnce(&mut Self) -> Result<Tensor>) -> Result<String> {
+        let planned = PLAN.with(|p| {
+            p.borrow_mut().as_mut().map(|v| v.push(PlannedParam { name: name.to_string(), shape: shape.to_vec(), trainable: self.trainable })).is_some()
+        });
+        let t = if planned { Tensor::zeros(&[0], self.dtype, Default::default()) } else { make(self)? };
         store.insert(name, &t, self.trainable)?;
         Ok(name.to_string())
     }
+    /// Registers `name` with N(0, std²) values.
+    pub fn normal(&mut self, store: &mut ParamStore, name: &str, shape: &[usize], std: f64) -> Result<String> {
+        self.register(store, name, shape, |me| Tensor::randn(shape, me.dtype, me.rng).mul_scalar(std))
+    }
     /// Registers `name` filled with `value`.
     pub fn constant(&mut self, store: &mut ParamStore, name: &str, shape: &[usize], value: f64) -> Result<String> {
-        store.insert(name, &Tensor::full(shape, value, self.dtype, Default::default()), self.trainable)?;
-        Ok(name.to_string())
+        self.register(store, name, shape, |me| Ok(Tensor::full(shape, value, me.dtype, Default::default())))
     }
 }
 

@@ -260,3 +260,32 @@ fn generation_strategies_and_scoring_agree_with_the_full_forward() {
         assert!((s - want).abs() < 1e-4, "candidate {c:?}: {s} vs {want}");
     }
 }
+
+#[test]
+fn presets_and_parameter_planning() {
+    use flamingo_model::config::{parameter_report, preset, PRESETS};
+    use flamingo_model::nn::plan_parameters;
+    for name in PRESETS {
+        let cfg = preset(name).unwrap_or_else(|| panic!("preset {name} missing"));
+        let r = parameter_report(&cfg).unwrap();
+        assert!(r.total > 0, "{name}");
+    }
+    // NFNet-F0 with its classifier: 71.5M (timm: 71,489,284); F6 438M.
+    let f0 = parameter_report(&preset("nfnet-f0").unwrap()).unwrap();
+    assert_eq!(f0.vision + f0.vision_classifier, 71_489_284);
+    let f6 = parameter_report(&preset("nfnet-f6").unwrap()).unwrap();
+    assert_eq!(f6.vision + f6.vision_classifier, 438_359_116);
+    // Planning records exactly what building registers.
+    let cfg = config(MediaAttention::Immediate);
+    let planned = plan_parameters(|s| Flamingo::new(s, &cfg, &mut Rng::new(0)).map(|_| ())).unwrap();
+    let mut store = ParamStore::new();
+    Flamingo::new(&mut store, &cfg, &mut Rng::new(0)).unwrap();
+    assert_eq!(planned.len(), store.len());
+    for p in &planned {
+        let t = store.get(&p.name).unwrap();
+        assert_eq!((t.shape(), t.requires_grad()), (p.shape.as_slice(), p.trainable), "{}", p.name);
+    }
+    let tiny = preset("tiny").unwrap();
+    let f = tiny.flamingo.unwrap();
+    assert_eq!(f.perceiver.dim, tiny.vision.num_features);
+}

@@ -185,3 +185,46 @@ fn nfnet_parameter_counts_match_timm() {
     assert_eq!(parameter_count(&NfNetConfig::f(6, Some(1000))).unwrap(), 438_359_116);
     assert_eq!(parameter_count(&NfNetConfig::f(6, None)).unwrap(), 435_286_116);
 }
+
+#[test]
+fn full_flamingo_forward_and_backward_match_pytorch() {
+    use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
+    use flamingo_model::gpt2::Gpt2Config;
+    use flamingo_model::lm::LmConfig;
+    let f = flamingo_tests::fixture("flamingo_tiny.safetensors");
+    let cfg = FlamingoConfig {
+        lm: LmConfig::Gpt2(Gpt2Config { vocab_size: 40, n_positions: 32, n_embd: 32, n_layer: 2, n_head: 2, layer_norm_epsilon: 1e-5 }),
+        perceiver: PerceiverConfig { dim: 24, depth: 1, heads: 2, dim_head: 8, num_latents: 4, ff_mult: 2, max_num_frames: None, max_num_media: None },
+        xattn_heads: 2,
+        xattn_dim_head: 8,
+        xattn_ff_mult: 2,
+        media_attention: MediaAttention::Immediate,
+        cross_attn_every_n_layers: 1,
+    };
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(0)).unwrap();
+    load_into(&store, &f, "", "");
+    let ids = f.get("in.ids").unwrap();
+    let targets = model.targets(&ids, Some(0), true).unwrap();
+    assert_eq!(targets.to_vec::<i64>().unwrap(), f.get("in.targets").unwrap().to_vec::<i64>().unwrap(), "label rules");
+    let features = f.get("in.features").unwrap().requires_grad_(true);
+    let media = model.encode_media(&store, &features).unwrap();
+    let logits = model.forward(&store, &ids, &media).unwrap();
+    assert_close("out.logits", &logits, &f.get("out.logits").unwrap());
+    assert_close("out.logits_lm_only", &model.forward_lm_only(&store, &ids).unwrap(), &f.get("out.logits_lm_only").unwrap());
+    let loss = Flamingo::loss(&logits, &targets).unwrap();
+    assert_close("out.loss", &loss.reshape(&[1]).unwrap(), &f.get("out.loss").unwrap());
+    loss.backward().unwrap();
+    assert_close("grad.in.features", &features.grad().unwrap(), &f.get("grad.in.features").unwrap());
+    let mut trainable = 0;
+    for (name, t) in store.iter() {
+        if t.requires_grad() {
+            trainable += 1;
+            let key = format!("grad.{name}");
+            assert_close(&key, &t.grad().unwrap(), &f.get(&key).unwrap());
+        } else {
+            assert!(t.grad().is_none(), "frozen {name} got a gradient");
+        }
+    }
+    assert_eq!(trainable, 37);
+}

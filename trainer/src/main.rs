@@ -19,6 +19,15 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Print parameter counts per component and FLOPs per image/token, without allocating weights.
+    Info {
+        /// A preset (tiny, small, openflamingo-3b, nfnet-f0 … nfnet-f6, flamingo-3b/9b/80b) or a JSON file.
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Print the full config as JSON as well.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run one module on given inputs and weights and write its outputs (see docs/TESTBED.md).
     Forward {
         /// perceiver, xattn, lm or flamingo.
@@ -64,6 +73,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
         Command::Demo { steps, seed } => demo(steps, seed),
+        Command::Info { config, json } => info(&config, json),
         Command::Forward { module, config, weights, inputs, out, grad_output } => {
             flamingo_trainer::testbed::run(&module, &config, &weights, &inputs, &out, grad_output.as_deref()).map_err(|e| e.to_string())
         }
@@ -92,6 +102,15 @@ fn demo(steps: usize, seed: u64) -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     println!("\nloss {first:.4} → {last:.4}, accuracy {:.1}% in {:.2} s", acc * 100.0, t.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn info(config: &str, json: bool) -> Result<(), String> {
+    let cfg = flamingo_model::config::load(config).map_err(|e| e.to_string())?;
+    print!("{}", flamingo_model::config::info(&cfg).map_err(|e| e.to_string())?);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&cfg).map_err(|e| e.to_string())?);
+    }
     Ok(())
 }
 
