@@ -5,9 +5,10 @@
 //! Flamingo model that glues them to a frozen language model. Parameter names follow
 //! OpenFlamingo and HuggingFace (SPEC.md §4) so public checkpoints load.
 //!
-//! Not yet here (next sessions): the contrastive pretraining model; batched generation with left
-//! padding (rows of a batch must have equal prompt lengths for now).
+//! Not yet here (next sessions): batched generation with left padding (rows of a batch must have
+//! equal prompt lengths for now).
 pub mod config;
+pub mod contrastive;
 pub mod flamingo;
 pub mod generate;
 pub mod gpt2;

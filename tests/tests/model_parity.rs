@@ -228,3 +228,23 @@ fn full_flamingo_forward_and_backward_match_pytorch() {
     }
     assert_eq!(trainable, 37);
 }
+
+#[test]
+fn contrastive_loss_matches_pytorch() {
+    use flamingo_model::contrastive::{contrastive_loss, recall_at_k};
+    let f = flamingo_tests::fixture("contrastive_tiny.safetensors");
+    let img = f.get("in.image_features").unwrap().requires_grad_(true);
+    let txt = f.get("in.text_features").unwrap().requires_grad_(true);
+    let wi = f.get("proj.image.weight").unwrap().requires_grad_(true);
+    let wt = f.get("proj.text.weight").unwrap().requires_grad_(true);
+    let ls = f.get("log_scale").unwrap().requires_grad_(true);
+    let (loss, s) = contrastive_loss(&img.linear(&wi, None).unwrap(), &txt.linear(&wt, None).unwrap(), &ls, 0.1).unwrap();
+    assert_close("out.logits", &s, &f.get("out.logits").unwrap());
+    assert_close("out.loss", &loss.reshape(&[1]).unwrap(), &f.get("out.loss").unwrap());
+    assert_eq!(recall_at_k(&s, 1).unwrap(), f.get("out.recall_at_1").unwrap().to_scalar::<f64>().unwrap());
+    assert!((recall_at_k(&s, 5).unwrap() - f.get("out.recall_at_5").unwrap().to_scalar::<f64>().unwrap()).abs() < 1e-6);
+    loss.backward().unwrap();
+    for (name, t) in [("in.image_features", &img), ("in.text_features", &txt), ("proj.image.weight", &wi), ("proj.text.weight", &wt), ("log_scale", &ls)] {
+        assert_close(&format!("grad.{name}"), &t.grad().unwrap(), &f.get(&format!("grad.{name}")).unwrap());
+    }
+}
