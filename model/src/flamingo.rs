@@ -5,7 +5,7 @@
 //!
 //! The vision encoder (NFNet) is not built yet, so `forward` takes visual *features*
 //! `[b, media, frames, tokens, dim_visual]`, as the frozen encoder would produce them.
-use crate::gpt2::LayerKv;
+use crate::gpt2::{LayerKv, RowLayout};
 use crate::lm::{Lm, LmConfig};
 use crate::nn::Init;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
@@ -38,6 +38,10 @@ pub struct DecodeState {
     media_kv: Vec<Option<MediaKv>>,
     seen_media: Vec<f32>,
     len: usize,
+    /// Next position of each row (rows advance only on real tokens).
+    next_pos: Vec<i64>,
+    /// `[b, len]` 1/0 validity of every cached key, once any padding was fed.
+    key_valid: Option<Tensor>,
 }
 
 impl DecodeState {
@@ -140,23 +144,50 @@ impl Flamingo {
     /// block's visual keys/values once.
     pub fn start_decoding(&self, p: &ParamStore, media: &Tensor) -> Result<DecodeState> {
         let media_kv = self.blocks.iter().map(|b| b.as_ref().map(|b| b.attn.media_kv(p, media)).transpose()).collect::<Result<_>>()?;
-        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; media.shape()[0]], len: 0 })
+        let b = media.shape()[0];
+        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; b], len: 0, next_pos: vec![0; b], key_valid: None })
     }
 
     /// Feeds `ids [b, l]` (the prompt, or the next token) and returns their logits
     /// `[b, l, vocab + 2]`, reusing and extending the caches in `state`.
     pub fn decode_step(&self, p: &ParamStore, state: &mut DecodeState, ids: &Tensor) -> Result<Tensor> {
+        self.decode_step_padded(p, state, ids, None)
+    }
+
+    /// [`Flamingo::decode_step`] where `valid` (`b·l`, row-major) marks real tokens; the others
+    /// are padding (e.g. a left-padded batch of prompts): no token attends to them, and rows'
+    /// positions advance only on real tokens.
+    pub fn decode_step_padded(&self, p: &ParamStore, state: &mut DecodeState, ids: &Tensor, valid: Option<&[bool]>) -> Result<Tensor> {
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        if b != state.next_pos.len() || valid.is_some_and(|v| v.len() != b * l) {
+            return Err(Error::Msg(format!("decode_step: ids {:?} do not match the decoding state of {} rows", ids.shape(), state.next_pos.len())));
+        }
+        let mut positions = Vec::with_capacity(b * l);
+        for r in 0..b {
+            for j in 0..l {
+                positions.push(state.next_pos[r]);
+                if valid.is_none_or(|v| v[r * l + j]) {
+                    state.next_pos[r] += 1;
+                }
+            }
+        }
+        if valid.is_some_and(|v| v.iter().any(|x| !x)) || state.key_valid.is_some() {
+            let new: Vec<f32> = (0..b * l).map(|i| if valid.is_none_or(|v| v[i]) { 1.0 } else { 0.0 }).collect();
+            let new = Tensor::from_vec(new, &[b, l])?;
+            let old = state.key_valid.take().unwrap_or_else(|| Tensor::ones(&[b, state.len], DType::F32, Default::default()));
+            state.key_valid = Some(Tensor::concat(&[&old, &new], 1)?);
+        }
+        let layout = RowLayout { positions: Some(&positions), key_valid: state.key_valid.as_ref() };
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
-        let mut h = self.lm.embed(p, &table, ids, state.len)?;
+        let mut h = self.lm.embed_at(p, &table, ids, &positions)?;
         let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {
                 h = block.forward_with_kv(p, &h, kv, &t)?;
             }
-            h = self.lm.block_cached(p, i, &h, Some(&mut state.layers[i]))?;
+            h = self.lm.block_masked(p, i, &h, Some(&mut state.layers[i]), &layout)?;
         }
-        let l = ids.shape()[1];
         let tv = t.to_vec::<f32>()?;
         for (row, seen) in state.seen_media.iter_mut().enumerate() {
             if l > 0 {
@@ -172,26 +203,9 @@ impl Flamingo {
     /// included when reached). Rows must have equal prompt lengths (no padding yet).
     pub fn generate_greedy(&self, p: &ParamStore, prompt: &Tensor, media: &Tensor, max_new: usize) -> Result<Vec<Vec<i64>>> {
         flamingo_engine::no_grad(|| {
-            let b = prompt.shape()[0];
             let mut state = self.start_decoding(p, media)?;
-            let mut logits = self.decode_step(p, &mut state, prompt)?;
-            let mut out = vec![Vec::new(); b];
-            let mut done = vec![false; b];
-            for _ in 0..max_new {
-                let l = logits.shape()[1];
-                let next = logits.narrow(1, l - 1, 1)?.argmax(-1, false)?.to_vec::<i64>()?; // [b]
-                for r in 0..b {
-                    if !done[r] {
-                        out[r].push(next[r]);
-                        done[r] = next[r] == self.eoc_token_id();
-                    }
-                }
-                if done.iter().all(|&d| d) {
-                    break;
-                }
-                logits = self.decode_step(p, &mut state, &Tensor::from_vec(next, &[b, 1])?)?;
-            }
-            Ok(out)
+            let first = self.decode_step(p, &mut state, prompt)?;
+            self.continue_decoding(p, state, first, max_new, &crate::generate::Strategy::Greedy)
         })
     }
 

@@ -46,32 +46,13 @@ impl Flamingo {
     pub fn generate(&self, p: &ParamStore, prompt: &Tensor, media: &Tensor, max_new: usize, strategy: &Strategy) -> Result<Vec<Vec<i64>>> {
         match strategy {
             Strategy::Greedy => self.generate_greedy(p, prompt, media, max_new),
-            Strategy::Sample { temperature, top_k, seed } => no_grad(|| {
+            Strategy::Sample { temperature, .. } => no_grad(|| {
                 if *temperature <= 0.0 {
                     return Err(Error::Msg(format!("generate: temperature must be positive, got {temperature}")));
                 }
-                let b = prompt.shape()[0];
-                let mut rng = Rng::new(*seed);
                 let mut state = self.start_decoding(p, media)?;
-                let mut logits = self.decode_step(p, &mut state, prompt)?;
-                let mut out = vec![Vec::new(); b];
-                let mut done = vec![false; b];
-                for _ in 0..max_new {
-                    let mut next = Vec::with_capacity(b);
-                    for r in 0..b {
-                        let t = sample(&last_log_probs(&logits, r)?, *temperature, *top_k, &mut rng);
-                        if !done[r] {
-                            out[r].push(t);
-                            done[r] = t == self.eoc_token_id();
-                        }
-                        next.push(t);
-                    }
-                    if done.iter().all(|&d| d) {
-                        break;
-                    }
-                    logits = self.decode_step(p, &mut state, &Tensor::from_vec(next, &[b, 1])?)?;
-                }
-                Ok(out)
+                let first = self.decode_step(p, &mut state, prompt)?;
+                self.continue_decoding(p, state, first, max_new, strategy)
             }),
             Strategy::Beam { width, length_penalty } => {
                 let b = prompt.shape()[0];
@@ -80,6 +61,66 @@ impl Flamingo {
                     .collect()
             }
         }
+    }
+
+    /// Generates for prompts of different lengths: they are left-padded with `pad_id` into one
+    /// batch (padding is masked out and positions start at each row's first real token), so each
+    /// row gets what it would get alone. Beam search runs row by row on the unpadded prompts.
+    pub fn generate_batch(&self, p: &ParamStore, prompts: &[Vec<i64>], media: &Tensor, max_new: usize, strategy: &Strategy, pad_id: i64) -> Result<Vec<Vec<i64>>> {
+        let b = prompts.len();
+        if b != media.shape()[0] || prompts.iter().any(|r| r.is_empty()) {
+            return Err(Error::Msg(format!("generate_batch: {b} non-empty prompts needed for {} media rows", media.shape()[0])));
+        }
+        if let Strategy::Beam { width, length_penalty } = strategy {
+            return prompts
+                .iter()
+                .enumerate()
+                .map(|(r, pr)| self.beam_one(p, &Tensor::from_vec(pr.clone(), &[1, pr.len()])?, &media.narrow(0, r, 1)?, max_new, (*width).max(1), *length_penalty))
+                .collect();
+        }
+        let l = prompts.iter().map(|r| r.len()).max().unwrap_or(0);
+        let mut ids = Vec::with_capacity(b * l);
+        let mut valid = Vec::with_capacity(b * l);
+        for r in prompts {
+            ids.extend(std::iter::repeat_n(pad_id, l - r.len()).chain(r.iter().copied()));
+            valid.extend(std::iter::repeat_n(false, l - r.len()).chain(std::iter::repeat_n(true, r.len())));
+        }
+        no_grad(|| {
+            let mut state = self.start_decoding(p, media)?;
+            let first = self.decode_step_padded(p, &mut state, &Tensor::from_vec(ids, &[b, l])?, Some(&valid))?;
+            self.continue_decoding(p, state, first, max_new, strategy)
+        })
+    }
+
+    /// The token-by-token loop shared by greedy decoding and sampling.
+    pub(crate) fn continue_decoding(&self, p: &ParamStore, mut state: DecodeState, mut logits: Tensor, max_new: usize, strategy: &Strategy) -> Result<Vec<Vec<i64>>> {
+        let b = logits.shape()[0];
+        let mut rng = match strategy {
+            Strategy::Sample { seed, .. } => Rng::new(*seed),
+            _ => Rng::new(0),
+        };
+        let mut out = vec![Vec::new(); b];
+        let mut done = vec![false; b];
+        for _ in 0..max_new {
+            let mut next = Vec::with_capacity(b);
+            for r in 0..b {
+                let logp = last_log_probs(&logits, r)?;
+                let t = match strategy {
+                    Strategy::Sample { temperature, top_k, .. } => sample(&logp, *temperature, *top_k, &mut rng),
+                    _ => (0..logp.len()).fold(0, |best, i| if logp[i] > logp[best] { i } else { best }) as i64,
+                };
+                if !done[r] {
+                    out[r].push(t);
+                    done[r] = t == self.eoc_token_id();
+                }
+                next.push(t);
+            }
+            if done.iter().all(|&d| d) {
+                break;
+            }
+            logits = self.decode_step(p, &mut state, &Tensor::from_vec(next, &[b, 1])?)?;
+        }
+        Ok(out)
     }
 
     /// Beam search for one row.

@@ -27,6 +27,36 @@ pub struct LayerKv {
     pub v: Option<Tensor>,
 }
 
+/// Where the new tokens of a step sit, for left-padded batches: each row's positions and which
+/// keys (cached and new) are real tokens. The default is "no padding": positions continue from the
+/// cache and every key is valid.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RowLayout<'a> {
+    /// Positions of the new tokens, `b·l` values in row-major order.
+    pub positions: Option<&'a [i64]>,
+    /// `[b, past + l]`, 1 for a real token, 0 for padding.
+    pub key_valid: Option<&'a Tensor>,
+}
+
+/// The additive attention mask `[b or 1, 1, l, total]`: 0 where allowed, −∞ for future keys,
+/// −1e30 for padding keys (finite, so a padding query that sees only padding stays finite).
+pub(crate) fn attention_mask(l: usize, past: usize, key_valid: Option<&Tensor>, dtype: flamingo_engine::DType) -> Result<Tensor> {
+    let total = past + l;
+    let causal: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { f32::NEG_INFINITY } else { 0.0 }).collect();
+    let causal = Tensor::from_vec(causal, &[1, 1, l, total])?.to_dtype(dtype)?;
+    match key_valid {
+        None => Ok(causal),
+        Some(v) => {
+            let b = v.shape()[0];
+            if v.shape() != [b, total] {
+                return Err(Error::Msg(format!("attention mask: key validity {:?} does not cover {total} keys", v.shape())));
+            }
+            let pad = v.to_dtype(dtype)?.affine(1e30, -1e30)?.reshape(&[b, 1, 1, total])?; // 0 valid, −1e30 pad
+            causal.add(&pad)
+        }
+    }
+}
+
 /// A GPT-2 decoder whose parameters live under `{prefix}transformer.*`.
 #[derive(Clone, Debug)]
 pub struct Gpt2 {
@@ -85,14 +115,27 @@ impl Gpt2 {
         table.embedding(ids)?.add(&pos)
     }
 
+    /// Token + position embeddings with explicit per-row positions (`b·l` values).
+    pub fn embed_at(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
+        let (b, l) = (ids.shape()[0], ids.shape()[1]);
+        let pos = Tensor::from_vec(positions.to_vec(), &[b, l])?;
+        table.embedding(ids)?.add(&self.w(p, "wpe.weight")?.embedding(&pos)?)
+    }
+
     /// One transformer block (pre-LN causal self-attention, then the MLP): `[b, l, d]` → same.
     pub fn block(&self, p: &ParamStore, i: usize, h: &Tensor) -> Result<Tensor> {
         self.block_cached(p, i, h, None)
     }
 
-    /// Like [`Gpt2::block`], continuing from (and extending) a self-attention key/value cache:
-    /// the `l` new positions attend to every cached position and causally among themselves.
+    /// [`Gpt2::block_masked`] without padding.
     pub fn block_cached(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>) -> Result<Tensor> {
+        self.block_masked(p, i, h, cache, &RowLayout::default())
+    }
+
+    /// Like [`Gpt2::block`], continuing from (and extending) a self-attention key/value cache:
+    /// the `l` new positions attend to every cached position and causally among themselves,
+    /// never to padding keys.
+    pub fn block_masked(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>, layout: &RowLayout) -> Result<Tensor> {
         let eps = self.cfg.layer_norm_epsilon;
         let g = |s: &str| self.w(p, &format!("h.{i}.{s}"));
         let conv1d = |x: &Tensor, s: &str| -> Result<Tensor> { x.linear(&g(&format!("{s}.weight"))?.t()?, Some(g(&format!("{s}.bias"))?)) };
@@ -113,12 +156,10 @@ impl Gpt2 {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let total = past + l;
         let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
-        // Query a (absolute position past + a) may not see key j > past + a.
-        let future: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(future, &[l, total])?.to_dtype(scores.dtype())?;
-        let a = scores.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&v)?;
+        // Query a (absolute position past + a) may not see key j > past + a, nor padding.
+        let mask = attention_mask(l, past, layout.key_valid, scores.dtype())?;
+        let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&conv1d(&merge_heads(&a)?, "attn.c_proj")?)?;
         let x = h.layer_norm(Some(g("ln_2.weight")?), Some(g("ln_2.bias")?), eps)?;
         let m = conv1d(&conv1d(&x, "mlp.c_fc")?.gelu_tanh()?, "mlp.c_proj")?;

@@ -2,7 +2,7 @@
 //! `mlp.{gate,up,down}_proj`, `input_layernorm`, `post_attention_layernorm`, `model.norm`, `lm_head`):
 //! RMSNorm, rotary positions (HF's half-split layout: dimension j pairs with j + d/2), SwiGLU MLP,
 //! grouped-query attention (query head h uses key/value head h / (heads / kv_heads)).
-use crate::gpt2::LayerKv;
+use crate::gpt2::{attention_mask, LayerKv, RowLayout};
 use crate::nn::{merge_heads, split_heads, Init};
 use flamingo_engine::{Error, ParamStore, Result, Tensor};
 use serde::{Deserialize, Serialize};
@@ -95,14 +95,14 @@ impl Llama {
         }
     }
 
-    /// `cos, sin [l, head_dim]` for positions `offset..offset+l` (HF layout: the frequencies
-    /// repeated twice, `emb = cat(freqs, freqs)`).
-    fn rope_tables(&self, offset: usize, l: usize, dtype: flamingo_engine::DType) -> Result<(Tensor, Tensor)> {
+    /// `cos, sin` for the given positions (HF layout: the frequencies repeated twice,
+    /// `emb = cat(freqs, freqs)`), shaped `[rows, 1, l, head_dim]` (rows = 1 when shared).
+    fn rope_tables(&self, positions: &[i64], rows: usize, l: usize, dtype: flamingo_engine::DType) -> Result<(Tensor, Tensor)> {
         let hd = self.cfg.hidden_size / self.cfg.num_attention_heads;
         let half = hd / 2;
-        let mut cos = Vec::with_capacity(l * hd);
-        let mut sin = Vec::with_capacity(l * hd);
-        for pos in offset..offset + l {
+        let mut cos = Vec::with_capacity(positions.len() * hd);
+        let mut sin = Vec::with_capacity(positions.len() * hd);
+        for &pos in positions {
             for j in 0..hd {
                 let inv = 1.0 / self.cfg.rope_theta.powf((2 * (j % half)) as f64 / hd as f64);
                 let a = pos as f64 * inv;
@@ -110,7 +110,8 @@ impl Llama {
                 sin.push(a.sin());
             }
         }
-        Ok((Tensor::from_vec(cos, &[l, hd])?.to_dtype(dtype)?, Tensor::from_vec(sin, &[l, hd])?.to_dtype(dtype)?))
+        let shape = [rows, 1, l, hd];
+        Ok((Tensor::from_vec(cos, &shape)?.to_dtype(dtype)?, Tensor::from_vec(sin, &shape)?.to_dtype(dtype)?))
     }
 
     /// `x [b, h, l, hd]` rotated: `x·cos + rotate_half(x)·sin`, `rotate_half = cat(−x₂, x₁)`.
@@ -128,6 +129,11 @@ impl Llama {
 
     /// One decoder layer at positions `past..past+l`, extending the cache when given.
     pub fn block_cached(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>) -> Result<Tensor> {
+        self.block_masked(p, i, h, cache, &RowLayout::default())
+    }
+
+    /// One decoder layer with per-row positions and padding keys (left-padded batches).
+    pub fn block_masked(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>, layout: &RowLayout) -> Result<Tensor> {
         let g = |s: &str| self.w(p, &format!("model.layers.{i}.{s}"));
         let eps = self.cfg.rms_norm_eps;
         let (heads, kvh) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads);
@@ -138,7 +144,10 @@ impl Llama {
         if past + l > self.cfg.max_position_embeddings {
             return Err(Error::Msg(format!("llama: sequence of {} tokens exceeds max_position_embeddings = {}", past + l, self.cfg.max_position_embeddings)));
         }
-        let (cos, sin) = self.rope_tables(past, l, h.dtype())?;
+        let (cos, sin) = match layout.positions {
+            Some(pos) => self.rope_tables(pos, h.shape()[0], l, h.dtype())?,
+            None => self.rope_tables(&(past as i64..(past + l) as i64).collect::<Vec<_>>(), 1, l, h.dtype())?,
+        };
         let q = Llama::rope(&split_heads(&x.linear(g("self_attn.q_proj.weight")?, None)?, heads)?, &cos, &sin)?;
         let mut k = Llama::rope(&split_heads(&x.linear(g("self_attn.k_proj.weight")?, None)?, kvh)?, &cos, &sin)?;
         let mut v = split_heads(&x.linear(g("self_attn.v_proj.weight")?, None)?, kvh)?;
@@ -158,9 +167,8 @@ impl Llama {
         };
         let (k, v) = (rep(&k)?, rep(&v)?);
         let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
-        let future: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { 1.0 } else { 0.0 }).collect();
-        let mask = Tensor::from_vec(future, &[l, total])?.to_dtype(scores.dtype())?;
-        let a = scores.masked_fill(&mask, f64::NEG_INFINITY)?.softmax(-1)?.matmul(&v)?;
+        let mask = attention_mask(l, past, layout.key_valid, scores.dtype())?;
+        let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&merge_heads(&a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
         let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;
         let m = x.linear(g("mlp.gate_proj.weight")?, None)?.silu()?.mul(&x.linear(g("mlp.up_proj.weight")?, None)?)?;

@@ -1,5 +1,5 @@
 //! The frozen language model behind Flamingo: GPT-2 or LLaMA-style, behind one interface.
-use crate::gpt2::{Gpt2, Gpt2Config, LayerKv};
+use crate::gpt2::{Gpt2, Gpt2Config, LayerKv, RowLayout};
 use crate::llama::{Llama, LlamaConfig};
 use crate::nn::Init;
 use flamingo_engine::{ParamStore, Result, Tensor};
@@ -69,6 +69,20 @@ impl Lm {
         match self {
             Lm::Gpt2(m) => m.embed(p, table, ids, offset),
             Lm::Llama(m) => m.embed(table, ids),
+        }
+    }
+    /// Embeddings with explicit per-row positions (`b·l` values; LLaMA's enter in the blocks).
+    pub fn embed_at(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
+        match self {
+            Lm::Gpt2(m) => m.embed_at(p, table, ids, positions),
+            Lm::Llama(m) => m.embed(table, ids),
+        }
+    }
+    /// Layer `i` with per-row positions and padding keys.
+    pub fn block_masked(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>, layout: &RowLayout) -> Result<Tensor> {
+        match self {
+            Lm::Gpt2(m) => m.block_masked(p, i, h, cache, layout),
+            Lm::Llama(m) => m.block_masked(p, i, h, cache, layout),
         }
     }
     /// Layer `i`, extending its self-attention cache when given.

@@ -289,3 +289,25 @@ fn presets_and_parameter_planning() {
     let f = tiny.flamingo.unwrap();
     assert_eq!(f.perceiver.dim, tiny.vision.num_features);
 }
+
+#[test]
+fn left_padded_batches_generate_what_each_row_generates_alone() {
+    use flamingo_model::generate::Strategy;
+    for cfg in [config(MediaAttention::Immediate), llama_config()] {
+        let mut store = ParamStore::new();
+        let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(19)).unwrap();
+        for (name, t) in store.iter() {
+            if name.ends_with("_gate") {
+                t.assign(&Tensor::full(&[1], 0.7, DType::F32, Default::default())).unwrap();
+            }
+        }
+        let i = model.media_token_id();
+        let prompts = vec![vec![i, 3, 4, 5, i, 6], vec![i, 7, 8], vec![2, i, 9, 1, 1]];
+        let media = model.encode_media(&store, &Tensor::randn(&[3, 2, 1, 5, 24], DType::F32, &mut Rng::new(20))).unwrap();
+        let batch = model.generate_batch(&store, &prompts, &media, 4, &Strategy::Greedy, 0).unwrap();
+        for (r, pr) in prompts.iter().enumerate() {
+            let alone = model.generate(&store, &Tensor::from_vec(pr.clone(), &[1, pr.len()]).unwrap(), &media.narrow(0, r, 1).unwrap(), 4, &Strategy::Greedy).unwrap();
+            assert_eq!(batch[r], alone[0], "row {r} differs when left-padded into a batch");
+        }
+    }
+}
