@@ -11,6 +11,7 @@ use flamingo_engine::{no_grad, DType, Rng, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
+pub mod model_suite;
 pub mod suites;
 
 /// One measured case: the JSON row printed by `flamingo bench --json`.
@@ -94,9 +95,9 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
 
 /// Formats rows as an aligned table.
 pub fn table(rows: &[BenchRow]) -> String {
-    let mut s = format!("{:<14} {:<6} {:<5} {:<12} {:>11} {:>10}\n", "case", "device", "dtype", "shape", "median_ms", "gflops");
+    let mut s = format!("{:<18} {:<6} {:<5} {:<16} {:>11} {:>10}\n", "case", "device", "dtype", "shape", "median_ms", "gflops");
     for r in rows {
-        s += &format!("{:<14} {:<6} {:<5} {:<12} {:>11.4} {:>10.3}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops);
+        s += &format!("{:<18} {:<6} {:<5} {:<16} {:>11.4} {:>10.3}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops);
     }
     s
 }

@@ -3,12 +3,13 @@ use crate::{no_grad_call, randn_f32, Case};
 use flamingo_engine::DType;
 
 /// Names of every suite.
-pub const SUITES: &[&str] = &["ops"];
+pub const SUITES: &[&str] = &["ops", "model"];
 
 /// The prepared cases of `suite`.
 pub fn cases(suite: &str) -> Result<Vec<Case>, String> {
     match suite {
         "ops" => Ok(ops()),
+        "model" => crate::model_suite::cases().map_err(|e| e.to_string()),
         other => Err(format!("unknown suite `{other}`; suites: {}", SUITES.join(", "))),
     }
 }
