@@ -31,17 +31,21 @@ perceiver_fwd_bwd   "8x4x16x512"
     Perceiver resampler (module code of tests/fixtures/gen/make_model_fixture.py): dim 512,
     depth 2, heads 8, dim_head 64, 64 latents, ff_mult 4, no frame / media-time embeddings.
     x [8,4,1,16,512] (requires grad) -> [8,4,64,512]; grads to params and x.
-    Attention: F.scaled_dot_product_attention, no mask (same math as softmax(q k^T/8) v;
-    faster than the explicit matmul/softmax formulation on this machine).
+    Attention: F.scaled_dot_product_attention, no mask (same math as the fixture's
+    softmax(q k^T * 64**-0.5) v; as fast or slightly faster than the explicit
+    matmul/softmax/matmul formulation on the 2-core dev box). PERCEIVER_USE_SDPA switches.
 xattn_fwd_bwd       "8x256x512,m4r64"
     Gated cross-attention dense block (fixture module code, SPEC masking), text dim 512,
     visual dim 512, heads 8, dim_head 64, ff_mult 4, immediate mode, t=0 tokens zeroed,
     attn_gate = ff_gate = 0.5. y [8,256,512] and media [8,4,64,512] (both require grad);
     <image> at positions 0,64,128,192 in every row (t = 1 + pos//64).
-    Attention: dense masked formulation over all M*R = 256 keys, explicit
-    q@k^T -> masked_fill(~allowed, -finfo.max) -> softmax -> * (t>0) -> @v (exactly the fixture's
-    MaskedCrossAttention; chosen because it was not slower than SDPA with a boolean mask here,
-    see XATTN_USE_SDPA).
+    Attention: dense masked formulation over all M*R = 256 keys (each query scores all 256
+    keys), via F.scaled_dot_product_attention with the boolean mask allowed[b,1,l,k] =
+    (t(l) == medium(k)), then output rows with t(l) = 0 set to 0 (torch.where). Same math as
+    the fixture's explicit q@k^T -> masked_fill(~allowed, -finfo.max) -> softmax -> *(t>0) -> @v
+    for every row with >= 1 allowed key (all rows here; torch 2.15's CPU SDPA also returns 0 for
+    fully masked rows). As fast or slightly faster than the explicit form on the 2-core dev box;
+    XATTN_USE_SDPA = False selects the explicit form.
 lm_fwd_bwd          "8x256x512"
     HF transformers LlamaModel (no LM head), LlamaConfig(vocab_size=8192, hidden_size=512,
     intermediate_size=1360, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8,
@@ -68,7 +72,7 @@ nfnet (N=8, 64x64 input; stem 32x32 -> 16x16; stages at 16x16, 8x8, 4x4):
           + conv3 conv(N,mid,cout,1,1,Ho,Ho) + SE 2*linear(N, cout, cout/2)
       blocks: (32,32,64,g1,s1,16) (64,64,128,g2,s2,16) (128,128,256,g4,s2,8)
     final_conv conv(N,256,512,1,1,4,4)
-    = 1,233,125,376 fwd  ->  x3 = 3,699,376,128
+    = 299,368,448 fwd  ->  x3 = 898,105,344
 perceiver (B=8 batch, T=4 media, n=16 media tokens, R=64 latents, d=512, inner=h*dh=512,
            ff=4d, depth 2; rows = B*T):
     per layer: linear(B*T*R, d, inner)            to_q
@@ -76,15 +80,15 @@ perceiver (B=8 batch, T=4 media, n=16 media tokens, R=64 latents, d=512, inner=h
              + 2 * 2*B*T*R*(n+R)*inner            q k^T and attn v (all heads)
              + linear(B*T*R, inner, d)            to_out
              + linear(B*T*R, d, 4d) + linear(B*T*R, 4d, d)   ff
-    = 2 * per layer = 17,112,760,320 fwd  ->  x3 = 51,338,280,960
+    = 2 * per layer = 27,514,634,240 fwd  ->  x3 = 82,543,902,720
 xattn (B=8, L=256 text tokens, M=4 media, R=64, d=dv=512, inner=512, ff=4d):
       linear(B*L, d, inner) + linear(B*M*R, dv, 2*inner) + 2 * 2*B*L*(M*R)*inner
     + linear(B*L, inner, d) + linear(B*L, d, 4d) + linear(B*L, 4d, d)
-    = 38,654,705,664 fwd  ->  x3 = 115,964,116,992
+    = 13,958,643,712 fwd  ->  x3 = 41,875,931,136
 lm (B=8, S=256, d=512, ff=1360, 8 layers, no LM head):
     per layer: 4*linear(B*S, d, d) (q,k,v,o) + 2 * 2*B*S*S*d (scores, attn v; full S*S)
              + 3*linear(B*S, d, ff) (gate, up, down)
-    = 8 * per layer = 120,795,955,200 fwd  ->  x2 = 241,591,910,400
+    = 8 * per layer = 111,400,714,240 fwd  ->  x2 = 222,801,428,480
 """
 
 import argparse
@@ -100,7 +104,7 @@ import torch.nn.functional as F
 EPS = 1e-5
 # Attention implementation per case (see docstring).
 PERCEIVER_USE_SDPA = True
-XATTN_USE_SDPA = False
+XATTN_USE_SDPA = True
 
 # ------------------------------------------------------------------------------------------------
 # Plain-torch modules, copied from tests/fixtures/gen/make_model_fixture.py (optionally SDPA).
