@@ -17,7 +17,10 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OURS = os.path.join(ROOT, "target", "release", "flamingo")
-TORCH = {"ops": os.path.join(ROOT, "benches", "torch", "ops_bench.py")}
+TORCH = {
+    "ops": os.path.join(ROOT, "benches", "torch", "ops_bench.py"),
+    "model": os.path.join(ROOT, "benches", "torch", "model_bench.py"),
+}
 
 
 def run(cmd):
