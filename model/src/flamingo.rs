@@ -213,6 +213,9 @@ impl Flamingo {
     /// `<image>` are never targets, `<|endofchunk|>` is; with `interleaved`, text before a row's
     /// first `<image>` is not a target either.
     pub fn targets(&self, ids: &Tensor, pad_id: Option<i64>, interleaved: bool) -> Result<Tensor> {
+        if ids.rank() != 2 || ids.shape()[1] < 2 {
+            return Err(Error::Msg(format!("targets: need token ids [batch, len ≥ 2], got {:?}", ids.shape())));
+        }
         let (b, l) = (ids.shape()[0], ids.shape()[1]);
         let v = ids.to_vec::<i64>()?;
         let mut out = Vec::with_capacity(b * (l - 1));
@@ -229,6 +232,9 @@ impl Flamingo {
 
     /// Mean next-token cross-entropy of `logits [b, l, v]` against `targets [b, l−1]`.
     pub fn loss(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        if logits.rank() != 3 || logits.shape()[1] < 2 || targets.shape() != [logits.shape()[0], logits.shape()[1] - 1] {
+            return Err(Error::Msg(format!("loss: logits {:?} and targets {:?} must be [b, l, v] and [b, l − 1]", logits.shape(), targets.shape())));
+        }
         let (b, l, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
         let pred = logits.narrow(1, 0, l - 1)?.reshape(&[b * (l - 1), v])?;
         pred.cross_entropy(&targets.reshape(&[b * (l - 1)])?, Some(-100), 0.0)

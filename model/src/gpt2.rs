@@ -185,6 +185,9 @@ impl Gpt2 {
     /// HuggingFace's LM loss: mean next-token cross-entropy of `logits [b, l, v]` against `ids`
     /// shifted by one (`ignore` ids are not targets).
     pub fn shifted_loss(logits: &Tensor, ids: &Tensor, ignore: Option<i64>) -> Result<Tensor> {
+        if logits.rank() != 3 || logits.shape()[1] < 2 || ids.shape() != &logits.shape()[..2] {
+            return Err(Error::Msg(format!("shifted_loss: logits {:?} and ids {:?} must be [b, l ≥ 2, v] and [b, l]", logits.shape(), ids.shape())));
+        }
         let (b, l, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
         let pred = logits.narrow(1, 0, l - 1)?.reshape(&[b * (l - 1), v])?;
         let tgt = ids.narrow(1, 1, l - 1)?.contiguous()?.reshape(&[b * (l - 1)])?;
