@@ -9,7 +9,7 @@ use crate::gpt2::{LayerKv, RowLayout};
 use crate::lm::{Lm, LmConfig};
 use crate::nn::Init;
 use crate::perceiver::{PerceiverConfig, PerceiverResampler};
-use crate::xattn::{media_index, media_index_from, GatedCrossAttentionBlock, MediaAttention, MediaKv, XAttnConfig};
+use crate::xattn::{media_index, media_index_from, media_index_next, GatedCrossAttentionBlock, MediaAttention, MediaKv, XAttnConfig};
 use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -111,13 +111,14 @@ impl Flamingo {
         self.perceiver.forward(p, features)
     }
 
-    fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>) -> Result<Tensor> {
+    fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>, t: Option<Tensor>) -> Result<Tensor> {
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
         let mut h = self.lm.embed(p, &table, ids, 0)?;
-        let t = match media {
-            Some(_) => Some(media_index(ids, self.media_token_id())?),
-            None => None,
+        let t = match (media, t) {
+            (Some(_), Some(t)) => Some(t),
+            (Some(_), None) => Some(media_index(ids, self.media_token_id())?),
+            (None, _) => None,
         };
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(m), Some(t)) = (&self.blocks[i], media, &t) {
@@ -131,13 +132,42 @@ impl Flamingo {
     /// Logits `[b, l, vocab + 2]` for token ids `[b, l]` and visual tokens `[b, m, R, dv]`
     /// (from [`Flamingo::encode_media`]).
     pub fn forward(&self, p: &ParamStore, ids: &Tensor, media: &Tensor) -> Result<Tensor> {
-        self.run(p, ids, Some(media))
+        self.run(p, ids, Some(media), None)
+    }
+
+    /// Like [`Flamingo::forward`] with an explicit media index `t [b, l]` (f32), e.g. from
+    /// [`Flamingo::training_media_index`].
+    pub fn forward_with_index(&self, p: &ParamStore, ids: &Tensor, media: &Tensor, t: &Tensor) -> Result<Tensor> {
+        if t.shape() != ids.shape() {
+            return Err(Error::Msg(format!("forward_with_index: media index {:?} must match ids {:?}", t.shape(), ids.shape())));
+        }
+        self.run(p, ids, Some(media), Some(t.clone()))
+    }
+
+    /// The paper's training-time media index for interleaved documents: each row attends to the
+    /// next image instead of the previous one with probability `p_next` (½ in the paper).
+    pub fn training_media_index(&self, ids: &Tensor, p_next: f64, rng: &mut Rng) -> Result<Tensor> {
+        let rows: Vec<bool> = (0..ids.shape()[0]).map(|_| rng.uniform() < p_next).collect();
+        media_index_next(ids, self.media_token_id(), &rows)
+    }
+
+    /// Encodes images `[b, m, 3, h, w]` with the NFNet into Perceiver input features
+    /// `[b, m, 1, h'·w', c]`; the vision encoder runs under `no_grad` when `frozen`.
+    pub fn encode_images(&self, p: &ParamStore, vision: &crate::nfnet::NfNet, images: &Tensor, frozen: bool) -> Result<Tensor> {
+        if images.rank() != 5 {
+            return Err(Error::Msg(format!("encode_images: expected images [b, media, 3, h, w], got {:?}", images.shape())));
+        }
+        let s = images.shape().to_vec();
+        let flat = images.reshape(&[s[0] * s[1], s[2], s[3], s[4]])?;
+        let tokens = if frozen { flamingo_engine::no_grad(|| vision.forward_tokens(p, &flat))? } else { vision.forward_tokens(p, &flat)? };
+        let (n, c) = (tokens.shape()[1], tokens.shape()[2]);
+        tokens.reshape(&[s[0], s[1], 1, n, c])
     }
 
     /// The frozen language model alone on the same ids (no cross-attention): what Flamingo
     /// computes when both gates of every block are 0.
     pub fn forward_lm_only(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
-        self.run(p, ids, None)
+        self.run(p, ids, None, None)
     }
 
     /// Starts incremental decoding over visual tokens `media [b, m, R, dv]`: computes every

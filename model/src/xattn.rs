@@ -43,6 +43,29 @@ pub fn media_index_from(ids: &Tensor, media_token_id: i64, seen: &[f32]) -> Resu
     Tensor::from_vec(t, &[b, l])
 }
 
+/// The paper's training-time variant (SPEC §2.5): each text token attends to the *next* image
+/// instead: `t'(ℓ) = t(ℓ) + 1` when the row has that many images, else 0 (text after a row's last
+/// image then sees no image). Rows of `ids [b, l]` listed in `rows` use it; the others keep
+/// [`media_index`]. Returned as f32 `[b, l]`.
+pub fn media_index_next(ids: &Tensor, media_token_id: i64, rows: &[bool]) -> Result<Tensor> {
+    let t = media_index(ids, media_token_id)?;
+    let (b, l) = (ids.shape()[0], ids.shape()[1]);
+    if rows.len() != b {
+        return Err(Error::Msg(format!("media_index_next: {} row flags for {b} rows", rows.len())));
+    }
+    let mut tv = t.to_vec::<f32>()?;
+    for (r, &next) in rows.iter().enumerate() {
+        if !next {
+            continue;
+        }
+        let count = if l > 0 { tv[r * l + l - 1] } else { 0.0 };
+        for v in &mut tv[r * l..(r + 1) * l] {
+            *v = if *v + 1.0 <= count { *v + 1.0 } else { 0.0 };
+        }
+    }
+    Tensor::from_vec(tv, &[b, l])
+}
+
 /// Cross-attention hyper-parameters (OpenFlamingo: 8 heads × 64, ff_mult 4).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct XAttnConfig {

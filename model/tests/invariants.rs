@@ -311,3 +311,30 @@ fn left_padded_batches_generate_what_each_row_generates_alone() {
         }
     }
 }
+
+#[test]
+fn next_image_attention_and_image_encoding() {
+    use flamingo_model::nfnet::{NfNet, NfNetConfig};
+    use flamingo_model::xattn::media_index_next;
+    // Row: a I b c I d  → t = 0 1 1 1 2 2; next-image: 1 2 2 2 0 0.
+    let ids = Tensor::from_vec(vec![5i64, 9, 5, 5, 9, 5, 5, 9, 5, 5, 9, 5], &[2, 6]).unwrap();
+    let t = media_index_next(&ids, 9, &[true, false]).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(&t[..6], &[1., 2., 2., 2., 0., 0.]);
+    assert_eq!(&t[6..], &[0., 1., 1., 1., 2., 2.]);
+    // The index drives the forward; with next-image attention the first token sees image 1.
+    let mut store = ParamStore::new();
+    let cfg = config(MediaAttention::Immediate);
+    let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(21)).unwrap();
+    let mut vs = ParamStore::new();
+    let vcfg = NfNetConfig { depths: vec![1, 1], channels: vec![16, 24], stem_chs: 8, group_size: 8, num_features: 24, ..NfNetConfig::f(0, None) };
+    let vision = NfNet::new(&mut vs, &mut Init { rng: &mut Rng::new(22), dtype: DType::F32, trainable: false }, "", &vcfg).unwrap();
+    let images = Tensor::randn(&[2, 3, 3, 16, 16], DType::F32, &mut Rng::new(23));
+    let feats = model.encode_images(&vs, &vision, &images, true).unwrap();
+    assert_eq!(feats.shape(), &[2, 3, 1, 4, 24]);
+    assert!(!feats.requires_grad());
+    let media = model.encode_media(&store, &feats).unwrap();
+    let ids = ids(&model);
+    let tn = model.training_media_index(&ids, 1.0, &mut Rng::new(0)).unwrap();
+    let a = model.forward_with_index(&store, &ids, &media, &tn).unwrap();
+    assert_eq!(a.shape()[..2], ids.shape()[..]);
+}
