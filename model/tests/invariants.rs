@@ -317,8 +317,8 @@ fn next_image_attention_and_image_encoding() {
     use flamingo_model::nfnet::{NfNet, NfNetConfig};
     use flamingo_model::xattn::media_index_next;
     // Row: a I b c I d  → t = 0 1 1 1 2 2; next-image: 1 2 2 2 0 0.
-    let ids = Tensor::from_vec(vec![5i64, 9, 5, 5, 9, 5, 5, 9, 5, 5, 9, 5], &[2, 6]).unwrap();
-    let t = media_index_next(&ids, 9, &[true, false]).unwrap().to_vec::<f32>().unwrap();
+    let rows = Tensor::from_vec(vec![5i64, 9, 5, 5, 9, 5, 5, 9, 5, 5, 9, 5], &[2, 6]).unwrap();
+    let t = media_index_next(&rows, 9, &[true, false]).unwrap().to_vec::<f32>().unwrap();
     assert_eq!(&t[..6], &[1., 2., 2., 2., 0., 0.]);
     assert_eq!(&t[6..], &[0., 1., 1., 1., 2., 2.]);
     // The index drives the forward; with next-image attention the first token sees image 1.
