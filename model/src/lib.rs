@@ -7,6 +7,7 @@
 //!
 //! Not yet here (next sessions): batched generation with left padding (rows of a batch must have
 //! equal prompt lengths for now).
+pub mod checkpoint;
 pub mod config;
 pub mod contrastive;
 pub mod flamingo;
