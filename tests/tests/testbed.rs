@@ -48,3 +48,32 @@ fn xattn_module_through_files() {
     let e = testbed::run("xattn", &cfg, &dir.join("partial.safetensors"), &dir.join("in.safetensors"), &out, None).unwrap_err().to_string();
     assert!(e.contains("partial.safetensors") && e.contains("ff_gate"), "{e}");
 }
+
+#[test]
+fn nfnet_module_through_files() {
+    let f = flamingo_tests::fixture("nfnet_tiny.safetensors");
+    let dir = std::env::temp_dir().join(format!("flamingo-testbed-nf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("nfnet.json");
+    std::fs::write(
+        &cfg,
+        r#"{"depths": [1, 2, 1, 1], "channels": [32, 64, 96, 128], "stem_chs": 16, "group_size": 8, "bottle_ratio": 0.5,
+            "alpha": 0.2, "se_ratio": 0.5, "num_features": 256, "activation": "gelu", "ws_eps": "timm", "num_classes": 10}"#,
+    )
+    .unwrap();
+    let weights: Vec<(String, String)> = f
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with("nfnet.") && !n.starts_with("nfnet.in.") && !n.starts_with("nfnet.out.") && !n.starts_with("nfnet.grad.") && !n.starts_with("nfnet.odd.") && n != "nfnet.loss_weight")
+        .map(|n| (n.clone(), n.strip_prefix("nfnet.").unwrap().to_string()))
+        .collect();
+    extract(&f, &dir.join("w.safetensors"), &weights);
+    extract(&f, &dir.join("in.safetensors"), &[("nfnet.in.x".into(), "images".into())]);
+    extract(&f, &dir.join("g.safetensors"), &[("nfnet.loss_weight".into(), "features".into())]);
+    let out = dir.join("out.safetensors");
+    testbed::run("nfnet", &cfg, &dir.join("w.safetensors"), &dir.join("in.safetensors"), &out, Some(&dir.join("g.safetensors"))).unwrap();
+    let o = SafetensorsFile::open(&out).unwrap();
+    close("features", &o.get("features").unwrap(), &f.get("nfnet.out.features").unwrap());
+    close("grad.images", &o.get("grad.images").unwrap(), &f.get("nfnet.grad.x").unwrap());
+    close("grad.stem.conv1.weight", &o.get("grad.stem.conv1.weight").unwrap(), &f.get("nfnet.grad.stem.conv1.weight").unwrap());
+}

@@ -30,7 +30,7 @@ enum Command {
     },
     /// Run one module on given inputs and weights and write its outputs (see docs/TESTBED.md).
     Forward {
-        /// perceiver, xattn, lm or flamingo.
+        /// nfnet, perceiver, xattn, lm, flamingo or clip.
         #[arg(long)]
         module: String,
         /// The module's JSON config.

@@ -6,13 +6,15 @@ use flamingo_engine::io::{self, SafetensorsFile};
 use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
 use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
 use flamingo_model::lm::{Lm, LmConfig};
+use flamingo_model::contrastive::{ContrastiveConfig, ContrastiveModel};
+use flamingo_model::nfnet::{NfNet, NfNetConfig};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 use flamingo_model::xattn::{media_index, GatedCrossAttentionBlock, XAttnConfig};
 use std::path::Path;
 
 /// The modules the testbed can run.
-pub const MODULES: &[&str] = &["perceiver", "xattn", "lm", "flamingo"];
+pub const MODULES: &[&str] = &["nfnet", "perceiver", "xattn", "lm", "flamingo", "clip"];
 
 fn read_config<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
@@ -32,7 +34,26 @@ pub fn run(module: &str, config: &Path, weights: &Path, inputs: &Path, out_path:
     let mut rng = Rng::new(0);
     let mut init = Init { rng: &mut rng, dtype: DType::F32, trainable: true };
     let mut named_inputs: Vec<(String, Tensor)> = Vec::new();
+    let mut extra_outputs: Vec<(String, Tensor)> = Vec::new();
     let (out_name, out) = match module {
+        "nfnet" => {
+            let cfg: NfNetConfig = read_config(config)?;
+            let m = NfNet::new(&mut store, &mut init, "", &cfg)?;
+            store.load_safetensors(weights, true)?;
+            let x = input(&inputs_file, "images", grads)?;
+            named_inputs.push(("images".into(), x.clone()));
+            ("features", m.forward_features(&store, &x)?)
+        }
+        "clip" => {
+            let cfg: ContrastiveConfig = read_config(config)?;
+            let m = ContrastiveModel::new(&mut store, &mut init, &cfg)?;
+            store.load_safetensors(weights, true)?;
+            let x = input(&inputs_file, "images", grads)?;
+            named_inputs.push(("images".into(), x.clone()));
+            let (loss, logits) = m.loss(&store, &x, &inputs_file.get("ids")?, &inputs_file.get("mask")?)?;
+            extra_outputs.push(("logits".into(), logits.detach()));
+            ("loss", loss)
+        }
         "perceiver" => {
             let cfg: PerceiverConfig = read_config(config)?;
             let m = PerceiverResampler::new(&mut store, &mut init, "perceiver", &cfg)?;
@@ -69,6 +90,7 @@ pub fn run(module: &str, config: &Path, weights: &Path, inputs: &Path, out_path:
         other => return Err(Error::Msg(format!("unknown module `{other}`; modules: {}", MODULES.join(", ")))),
     };
     let mut outputs = vec![(out_name.to_string(), out.clone())];
+    outputs.extend(extra_outputs);
     if let Some(gpath) = grad_output {
         let g = SafetensorsFile::open(gpath)?.get(out_name)?;
         if g.shape() != out.shape() {
