@@ -10,9 +10,10 @@ Usage:
 Each row: {"suite":"model","case":...,"device":"cpu","dtype":"f32","shape":...,
            "median_ms":float,"gflops":float}
 
-Timing (identical to benches/torch/ops_bench.py): warm up (~0.3 s, at least 3 calls; 0.1 s with
---quick), then take 21 samples (15 with --quick) with time.perf_counter; each sample batches enough
-calls to last >= 20 ms (5 ms with --quick) and reports per-call time; the row is the median.
+Timing (benches/torch/harness.py, shared with ops_bench.py): warm up (~0.3 s, at least 3 calls;
+0.1 s with --quick), then take 21 samples (15 with --quick) with time.perf_counter; each sample
+batches enough calls to last >= 20 ms (5 ms with --quick) and reports per-call time; the row is
+the median.
 gflops = flops / (median_ms * 1e6).
 
 One timed call = clear grads (param.grad = None for every parameter and input, i.e.
@@ -28,7 +29,7 @@ nfnet_fwd_bwd       "8x3x64x64"
     to 1.0. x [8,3,64,64] (no grad) -> forward_features -> [8,512,4,4]; grads to all params.
     Convolutions: timm's ScaledStdConv2dSame (F.conv2d, oneDNN). No attention.
 perceiver_fwd_bwd   "8x4x16x512"
-    Perceiver resampler (module code of tests/fixtures/gen/make_model_fixture.py): dim 512,
+    Perceiver resampler (module code of tests/fixtures/gen/torch_reference.py): dim 512,
     depth 2, heads 8, dim_head 64, 64 latents, ff_mult 4, no frame / media-time embeddings.
     x [8,4,1,16,512] (requires grad) -> [8,4,64,512]; grads to params and x.
     Attention: F.scaled_dot_product_attention, no mask (same math as the fixture's
@@ -91,167 +92,21 @@ lm (B=8, S=256, d=512, ff=1360, 8 layers, no LM head):
     = 8 * per layer = 111,400,714,240 fwd  ->  x2 = 222,801,428,480
 """
 
-import argparse
-import json
-import statistics
+import os
 import sys
-import time
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
-EPS = 1e-5
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _HERE)
+# Plain-torch reference modules shared with the fixture generators (optionally SDPA).
+sys.path.insert(0, os.path.join(_HERE, "..", "..", "tests", "fixtures", "gen"))
+import harness  # noqa: E402
+from torch_reference import GatedCrossAttentionBlock, PerceiverResampler, randomise  # noqa: E402
+
 # Attention implementation per case (see docstring).
 PERCEIVER_USE_SDPA = True
 XATTN_USE_SDPA = True
-
-# ------------------------------------------------------------------------------------------------
-# Plain-torch modules, copied from tests/fixtures/gen/make_model_fixture.py (optionally SDPA).
-
-
-def split_heads(t, h):
-    """[..., n, h*dh] -> [..., h, n, dh] (head is the outer factor of the last dim)."""
-    *lead, n, hd = t.shape
-    return t.reshape(*lead, n, h, hd // h).transpose(-3, -2)
-
-
-def merge_heads(t):
-    """[..., h, n, dh] -> [..., n, h*dh]."""
-    *lead, h, n, dh = t.shape
-    return t.transpose(-3, -2).reshape(*lead, n, h * dh)
-
-
-def feed_forward(dim, mult=4):
-    inner = dim * mult
-    return nn.Sequential(
-        nn.LayerNorm(dim, eps=EPS),
-        nn.Linear(dim, inner, bias=False),
-        nn.GELU(),  # exact erf GELU
-        nn.Linear(inner, dim, bias=False),
-    )
-
-
-@torch.no_grad()
-def randomise(module, special=None):
-    """Non-trivial parameter values (LN weight ~1, others small random)."""
-    special = special or {}
-    lns = {n for n, m in module.named_modules() if isinstance(m, nn.LayerNorm)}
-    for name, p in module.named_parameters():
-        owner, _, leaf = name.rpartition(".")
-        if name in special:
-            p.copy_(special[name](p.shape))
-        elif owner in lns and leaf == "weight":
-            p.copy_(1.0 + 0.1 * torch.randn(p.shape))
-        elif leaf == "bias":
-            p.copy_(0.1 * torch.randn(p.shape))
-        else:
-            p.copy_(torch.randn(p.shape) / p.shape[-1] ** 0.5)
-
-
-class PerceiverAttention(nn.Module):
-    def __init__(self, dim, dim_head, heads, use_sdpa):
-        super().__init__()
-        inner = dim_head * heads
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        self.use_sdpa = use_sdpa
-        self.norm_media = nn.LayerNorm(dim, eps=EPS)
-        self.norm_latents = nn.LayerNorm(dim, eps=EPS)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x, latents):
-        x = self.norm_media(x)
-        latents = self.norm_latents(latents)
-        q = self.to_q(latents)
-        kv_in = torch.cat([x, latents], dim=-2)
-        k, v = self.to_kv(kv_in).chunk(2, dim=-1)
-        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        if self.use_sdpa:
-            o = F.scaled_dot_product_attention(q, k, v)  # default scale = dim_head**-0.5
-        else:
-            q = q * self.scale
-            o = (q @ k.transpose(-1, -2)).softmax(dim=-1) @ v
-        return self.to_out(merge_heads(o))
-
-
-class PerceiverResampler(nn.Module):
-    """Fixture's resampler without frame / media-time embeddings."""
-
-    def __init__(self, dim, depth, dim_head, heads, num_latents, ff_mult, use_sdpa):
-        super().__init__()
-        self.latents = nn.Parameter(torch.zeros(num_latents, dim))
-        self.layers = nn.ModuleList(
-            [
-                nn.ModuleList([PerceiverAttention(dim, dim_head, heads, use_sdpa), feed_forward(dim, ff_mult)])
-                for _ in range(depth)
-            ]
-        )
-        self.norm = nn.LayerNorm(dim, eps=EPS)
-
-    def forward(self, x):
-        b, T, Fr, v, d = x.shape
-        x = x.reshape(b, T, Fr * v, d)
-        latents = self.latents.expand(b, T, *self.latents.shape)
-        for attn, ff in self.layers:
-            latents = attn(x, latents) + latents
-            latents = ff(latents) + latents
-        return self.norm(latents)
-
-
-class MaskedCrossAttention(nn.Module):
-    def __init__(self, dim, dim_visual, dim_head, heads, use_sdpa):
-        super().__init__()
-        inner = dim_head * heads
-        self.scale = dim_head**-0.5
-        self.heads = heads
-        self.use_sdpa = use_sdpa
-        self.norm = nn.LayerNorm(dim, eps=EPS)
-        self.to_q = nn.Linear(dim, inner, bias=False)
-        self.to_kv = nn.Linear(dim_visual, inner * 2, bias=False)
-        self.to_out = nn.Linear(inner, dim, bias=False)
-
-    def forward(self, x, media, media_locations, only_immediate):
-        b, M, R, _ = media.shape
-        x = self.norm(x)
-        q = self.to_q(x)
-        k, v = self.to_kv(media.reshape(b, M * R, -1)).chunk(2, dim=-1)
-        q, k, v = (split_heads(t, self.heads) for t in (q, k, v))
-        text_time = media_locations.long().cumsum(dim=-1)  # [b, L]
-        media_time = torch.arange(1, M + 1).repeat_interleave(R)  # [M*R], 1-based medium per key
-        tt = text_time[:, None, :, None]
-        mt = media_time[None, None, None, :]
-        allowed = (tt == mt) if only_immediate else (tt >= mt)
-        if self.use_sdpa:
-            # Same math for every row with >= 1 allowed key (true for every row in this bench);
-            # rows without one are zeroed by the torch.where (SDPA would give NaN there).
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-            o = torch.where(tt > 0, o, torch.zeros((), dtype=o.dtype))
-        else:
-            q = q * self.scale
-            sim = q @ k.transpose(-1, -2)  # [b, h, L, M*R]
-            sim = sim.masked_fill(~allowed, -torch.finfo(sim.dtype).max)
-            attn = sim.softmax(dim=-1)
-            attn = attn * (tt > 0).to(attn.dtype)  # tokens before the first image see nothing
-            o = attn @ v
-        return self.to_out(merge_heads(o))
-
-
-class GatedCrossAttentionBlock(nn.Module):
-    def __init__(self, dim, dim_visual, dim_head, heads, ff_mult, use_sdpa):
-        super().__init__()
-        self.attn = MaskedCrossAttention(dim, dim_visual, dim_head, heads, use_sdpa)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
-        self.ff = feed_forward(dim, ff_mult)
-        self.ff_gate = nn.Parameter(torch.zeros(1))
-
-    def forward(self, y, media, media_locations, only_immediate):
-        y = y + self.attn_gate.tanh() * self.attn(y, media, media_locations, only_immediate)
-        y = y + self.ff_gate.tanh() * self.ff(y)
-        return y
-
 
 # ------------------------------------------------------------------------------------------------
 # Analytic forward FLOPs (see docstring).
@@ -323,6 +178,11 @@ def lm_fwd_flops(b=8, s=256, d=512, ff=1360, layers=8):
 # ------------------------------------------------------------------------------------------------
 
 
+def _scaled_randn(shape):
+    """Bench weight init: randn / sqrt(fan_in) (LN weights ~1 and biases as in torch_reference)."""
+    return torch.randn(shape) / shape[-1] ** 0.5
+
+
 def fwd_bwd_fn(module, forward, grad_inputs):
     """Zero-arg fn: clear grads (set_to_none), forward, output.sum().backward()."""
 
@@ -374,7 +234,7 @@ def make_cases():
         model = PerceiverResampler(
             dim=512, depth=2, dim_head=64, heads=8, num_latents=64, ff_mult=4, use_sdpa=PERCEIVER_USE_SDPA
         )
-        randomise(model, {"latents": lambda s: 0.5 * torch.randn(s)})
+        randomise(model, {"latents": lambda s: 0.5 * torch.randn(s)}, weight_init=_scaled_randn)
         x = torch.randn(8, 4, 1, 16, 512, requires_grad=True)
         assert model(x).shape == (8, 4, 64, 512)
         return fwd_bwd_fn(model, lambda: model(x), [x])
@@ -384,7 +244,7 @@ def make_cases():
     def setup_xattn():
         blk = GatedCrossAttentionBlock(512, 512, 64, 8, 4, use_sdpa=XATTN_USE_SDPA)
         half = lambda s: torch.full(s, 0.5)  # noqa: E731
-        randomise(blk, {"attn_gate": half, "ff_gate": half})
+        randomise(blk, {"attn_gate": half, "ff_gate": half}, weight_init=_scaled_randn)
         y = torch.randn(8, 256, 512, requires_grad=True)
         media = torch.randn(8, 4, 64, 512, requires_grad=True)
         loc = torch.zeros(8, 256, dtype=torch.bool)
@@ -420,76 +280,8 @@ def make_cases():
     return cases
 
 
-def time_case(fn, samples, warmup_s, min_sample_s):
-    # Warm up: at least 3 calls and ~warmup_s seconds.
-    t0 = time.perf_counter()
-    calls = 0
-    while calls < 3 or time.perf_counter() - t0 < warmup_s:
-        fn()
-        calls += 1
-    per_call = (time.perf_counter() - t0) / calls
-
-    # Batch enough calls per sample that a sample lasts >= min_sample_s.
-    inner = max(1, int(min_sample_s / max(per_call, 1e-9)))
-
-    times = []
-    for _ in range(samples):
-        s = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - s) / inner)
-    return statistics.median(times) * 1e3, inner
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", action="store_true", help="print a JSON array of rows")
-    ap.add_argument("--cases", default="", help="comma-separated case names to run")
-    ap.add_argument("--quick", action="store_true", help="fewer samples, shorter warmup")
-    args = ap.parse_args()
-
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-
-    cases = make_cases()
-    if args.cases:
-        wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
-        known = {c[0] for c in cases}
-        unknown = [w for w in wanted if w not in known]
-        if unknown:
-            sys.exit(f"unknown case(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        cases = [c for c in cases if c[0] in wanted]
-
-    samples = 15 if args.quick else 21
-    warmup_s = 0.1 if args.quick else 0.3
-    min_sample_s = 0.005 if args.quick else 0.02
-
-    rows = []
-    for name, shape, flops, setup in cases:
-        fn = setup()
-        median_ms, inner = time_case(fn, samples, warmup_s, min_sample_s)
-        rows.append(
-            {
-                "suite": "model",
-                "case": name,
-                "device": "cpu",
-                "dtype": "f32",
-                "shape": shape,
-                "median_ms": median_ms,
-                "gflops": flops / (median_ms * 1e6),
-            }
-        )
-        if not args.json:
-            print(f"  ran {name} ({samples} samples x {inner} calls)", file=sys.stderr)
-
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return
-
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, device=cpu, dtype=f32")
-    print(f"{'case':<18} {'shape':<16} {'median_ms':>12} {'gflops':>10}")
-    for r in rows:
-        print(f"{r['case']:<18} {r['shape']:<16} {r['median_ms']:>12.4f} {r['gflops']:>10.3f}")
+    harness.main(__doc__, "model", make_cases, case_width=18, shape_width=16)
 
 
 if __name__ == "__main__":
