@@ -338,3 +338,49 @@ fn next_image_attention_and_image_encoding() {
     let a = model.forward_with_index(&store, &ids, &media, &tn).unwrap();
     assert_eq!(a.shape()[..2], ids.shape()[..]);
 }
+
+#[test]
+fn invariant_6_weighted_accumulation_equals_gradient_of_weighted_sum() {
+    // Two "datasets" with weights λ: accumulating λ_m·∇L_m over separate backward calls must give
+    // ∇(Σ λ_m L_m), the multi-dataset step of SPEC §2.7.
+    let cfg = config(MediaAttention::Immediate);
+    let lambdas = [1.0, 0.2];
+    let batches: Vec<(Tensor, Tensor)> = (0..2)
+        .map(|m| {
+            let mut store = ParamStore::new();
+            let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(30)).unwrap();
+            let ids = ids(&model);
+            (ids, features(31 + m))
+        })
+        .collect();
+    let run = |accumulate: bool| -> Vec<(String, Vec<f32>)> {
+        let mut store = ParamStore::new();
+        let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(30)).unwrap();
+        for (name, t) in store.iter() {
+            if name.ends_with("_gate") {
+                t.assign(&Tensor::full(&[1], 0.6, DType::F32, Default::default())).unwrap();
+            }
+        }
+        let loss_of = |m: usize| {
+            let (ids, feats) = &batches[m];
+            let media = model.encode_media(&store, feats).unwrap();
+            let logits = model.forward(&store, ids, &media).unwrap();
+            Flamingo::loss(&logits, &model.targets(ids, None, true).unwrap()).unwrap().mul_scalar(lambdas[m]).unwrap()
+        };
+        if accumulate {
+            for m in 0..2 {
+                loss_of(m).backward().unwrap();
+            }
+        } else {
+            loss_of(0).add(&loss_of(1)).unwrap().backward().unwrap();
+        }
+        store.trainable().into_iter().map(|(n, t)| (n, t.grad().unwrap().to_vec::<f32>().unwrap())).collect()
+    };
+    let (acc, sum) = (run(true), run(false));
+    assert_eq!(acc.len(), sum.len());
+    for ((n, a), (_, b)) in acc.iter().zip(&sum) {
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a.iter().zip(b).fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(err <= 1e-5 * scale, "{n}: accumulated and summed gradients differ by {err} (scale {scale})");
+    }
+}
