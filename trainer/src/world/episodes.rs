@@ -96,3 +96,71 @@ mod tests {
         }
     }
 }
+
+/// A short clip: `frames` (≥ 4) renders of one object moving in a straight line, with its
+/// description `<image> red circle moves left <|endofchunk|>` (one `<image>` per clip; the frames
+/// form one medium).
+pub fn video_clip(frames: usize, size: usize, rng: &mut Rng) -> Sample {
+    assert!(frames >= 4, "video_clip: at least 4 frames");
+    let mut o = Object::random(rng);
+    o.big = false; // room to move
+    let dirs = [("left", -1.0f32, 0.0f32), ("right", 1.0, 0.0), ("up", 0.0, -1.0), ("down", 0.0, 1.0)];
+    let (word, dx, dy) = dirs[rng.below(4) as usize];
+    // Start on the side the object moves away from, and cross most of the frame.
+    let step = 0.5 / (frames - 1) as f32;
+    o.x = if dx < 0.0 { 0.75 } else if dx > 0.0 { 0.25 } else { o.x.clamp(0.25, 0.75) };
+    o.y = if dy < 0.0 { 0.75 } else if dy > 0.0 { 0.25 } else { o.y.clamp(0.25, 0.75) };
+    let images = (0..frames)
+        .map(|f| {
+            let mut of = o;
+            of.x += dx * step * f as f32;
+            of.y += dy * step * f as f32;
+            render(&[of], size, 0.03, rng)
+        })
+        .collect();
+    Sample { text: format!("<image> {} {} moves {word} <|endofchunk|>", o.colour.word(), o.shape.word()), images }
+}
+
+/// A text-only binding episode for pretraining the LM on associative recall: `ways` attribute
+/// words (colours or shapes) each bound to a nonsense word in `KEY WORD <|endofchunk|>` chunks
+/// (`shots` of them), then a query key; the answer is its word.
+pub fn text_binding_episode(key: Key, ways: usize, shots: usize, pool: &[[usize; 2]], rng: &mut Rng) -> (String, String) {
+    let words = WordPools::draw(pool, ways, rng);
+    let mut classes: Vec<usize> = (0..8).collect();
+    rng.shuffle(&mut classes);
+    let name = |c: usize| match key {
+        Key::Colour => COLOURS[c].word(),
+        Key::Shape => SHAPES[c].word(),
+    };
+    let mut text = String::new();
+    for s in 0..shots {
+        let c = if s < ways { s } else { rng.below(ways as u64) as usize };
+        text += &format!("{} {} <|endofchunk|> ", name(classes[c]), WordPools::text(words[c]));
+    }
+    let q = rng.below(ways as u64) as usize;
+    text += name(classes[q]);
+    (text, WordPools::text(words[q]))
+}
+
+#[cfg(test)]
+mod more_tests {
+    use super::*;
+    use crate::world::tokenizer::{WordTokenizer, UNK};
+
+    #[test]
+    fn video_clips_move_and_text_episodes_bind() {
+        let t = WordTokenizer::shapes_world();
+        let v = video_clip(4, 32, &mut Rng::new(2));
+        assert_eq!(v.images.len(), 4);
+        assert_ne!(v.images[0], v.images[3], "the object did not move");
+        assert!(!t.encode(&v.text).contains(&UNK));
+        let pools = WordPools::new(0);
+        let (text, answer) = text_binding_episode(Key::Shape, 2, 4, &pools.train, &mut Rng::new(4));
+        let ids = t.encode(&text);
+        assert!(!ids.contains(&UNK));
+        assert_eq!(ids.iter().filter(|&&i| i == t.end_of_chunk_id()).count(), 4);
+        // The query key was bound to the answer earlier in the text.
+        let query = text.split_whitespace().last().unwrap();
+        assert!(text.contains(&format!("{query} {answer} <|endofchunk|>")), "{text} → {answer}");
+    }
+}
