@@ -15,15 +15,10 @@ fn batch_offsets(t: &Tensor, batch: &[usize]) -> Result<Vec<usize>> {
     }
     .broadcast_to(batch, "matmul")?;
     let total: usize = batch.iter().product();
-    let mut out = Vec::with_capacity(total);
-    for i in 0..total {
-        out.push(flamingo_kernels::cpu::strided::row_offset(
-            &[batch, &[1]].concat(),
-            &[bl.strides.as_slice(), &[0]].concat(),
-            bl.offset,
-            i,
-        ));
-    }
+    // Walk the batch index as rows of a [batch..., 1] view (shape and strides built once).
+    let shape: Vec<usize> = batch.iter().copied().chain([1]).collect();
+    let strides: Vec<usize> = bl.strides.iter().copied().chain([0]).collect();
+    let out = (0..total).map(|i| flamingo_kernels::cpu::strided::row_offset(&shape, &strides, bl.offset, i)).collect();
     Ok(out)
 }
 
