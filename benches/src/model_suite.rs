@@ -60,7 +60,7 @@ pub fn cases() -> Result<Vec<Case>> {
     v.push(Case { name: "perceiver_fwd_bwd", shape: "8x4x16x512".into(), dtype: DType::F32, flops, run: Box::new(move || fwd_bwd(&s2, &[xs.clone()], || per.forward(&s2, &xs))) });
 
     // 3. Gated cross-attention block: 256 tokens attend to 4 images × 64 visual tokens.
-    let xc = XAttnConfig { dim: 512, dim_visual: 512, heads: 8, dim_head: 64, ff_mult: 4, media_attention: MediaAttention::Immediate };
+    let xc = XAttnConfig { dim: 512, dim_visual: 512, heads: 8, dim_head: 64, ff_mult: 4, media_attention: MediaAttention::Immediate, gate_init: 0.0 };
     let mut s3 = ParamStore::new();
     let mut rng = Rng::new(5);
     let block = GatedCrossAttentionBlock::new(&mut s3, &mut Init { rng: &mut rng, dtype: DType::F32, trainable: true }, "x", &xc)?;
@@ -76,6 +76,7 @@ pub fn cases() -> Result<Vec<Case>> {
 
     // 4. The frozen LLaMA-style LM (8 layers, width 512): gradients reach only the activations.
     let lc = LlamaConfig {
+        token_shift: false,
         vocab_size: 8192,
         hidden_size: 512,
         intermediate_size: 1360,

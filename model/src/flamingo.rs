@@ -24,6 +24,24 @@ pub struct FlamingoConfig {
     pub media_attention: MediaAttention,
     /// A block sits before LM layer i when (i + 1) % n == 0 (paper 3B: 1; OF-9B: 4).
     pub cross_attn_every_n_layers: usize,
+    /// Initial value of every gate α (paper: 0).
+    #[serde(default)]
+    pub gate_init: f64,
+    /// How visual features become visual tokens (paper: the Perceiver Resampler).
+    #[serde(default)]
+    pub resampler: Resampler,
+}
+
+/// How visual features `[b, m, f, s, dv]` become the visual tokens the cross-attention reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resampler {
+    /// The Perceiver Resampler: a fixed number of latents per medium (the paper).
+    #[default]
+    Perceiver,
+    /// No resampling: every frame's grid tokens pass straight through (`[b, m, f·s, dv]`); the
+    /// Perceiver's parameters still exist but are unused. A tuning option for small grids.
+    Identity,
 }
 
 /// Name of the trainable embedding rows of the two new tokens (`<image>`, `<|endofchunk|>`).
@@ -42,6 +60,8 @@ pub struct DecodeState {
     next_pos: Vec<i64>,
     /// `[b, len]` 1/0 validity of every cached key, once any padding was fed.
     key_valid: Option<Tensor>,
+    /// `[b, 1, d]` embedding of each row's last token (for the LM's token shift).
+    last_embed: Option<Tensor>,
 }
 
 impl DecodeState {
@@ -85,6 +105,7 @@ impl Flamingo {
             dim_head: cfg.xattn_dim_head,
             ff_mult: cfg.xattn_ff_mult,
             media_attention: cfg.media_attention,
+            gate_init: cfg.gate_init,
         };
         let mut blocks = Vec::with_capacity(cfg.lm.num_layers());
         for i in 0..cfg.lm.num_layers() {
@@ -107,14 +128,25 @@ impl Flamingo {
     }
 
     /// Resamples visual features `[b, m, f, s, dv]` into visual tokens `[b, m, R, dv]`.
+    /// With [`Resampler::Identity`], the grid tokens themselves: `[b, m, f·s, dv]`.
     pub fn encode_media(&self, p: &ParamStore, features: &Tensor) -> Result<Tensor> {
-        self.perceiver.forward(p, features)
+        match self.cfg.resampler {
+            Resampler::Perceiver => self.perceiver.forward(p, features),
+            Resampler::Identity => {
+                if features.rank() != 5 {
+                    return Err(Error::Msg(format!("encode_media: features must be [batch, media, frames, tokens, dim], got {:?}", features.shape())));
+                }
+                let s = features.shape();
+                features.reshape(&[s[0], s[1], s[2] * s[3], s[4]])
+            }
+        }
     }
 
     fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>, t: Option<Tensor>) -> Result<Tensor> {
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
-        let mut h = self.lm.embed(p, &table, ids, 0)?;
+        let e = self.lm.embed(p, &table, ids, 0)?;
+        let mut h = self.lm.shift(p, &e, None)?;
         let t = match (media, t) {
             (Some(_), Some(t)) => Some(t),
             (Some(_), None) => Some(media_index(ids, self.media_token_id())?),
@@ -175,7 +207,7 @@ impl Flamingo {
     pub fn start_decoding(&self, p: &ParamStore, media: &Tensor) -> Result<DecodeState> {
         let media_kv = self.blocks.iter().map(|b| b.as_ref().map(|b| b.attn.media_kv(p, media)).transpose()).collect::<Result<_>>()?;
         let b = media.shape()[0];
-        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; b], len: 0, next_pos: vec![0; b], key_valid: None })
+        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; b], len: 0, next_pos: vec![0; b], key_valid: None, last_embed: None })
     }
 
     /// Feeds `ids [b, l]` (the prompt, or the next token) and returns their logits
@@ -210,7 +242,11 @@ impl Flamingo {
         let layout = RowLayout { positions: Some(&positions), key_valid: state.key_valid.as_ref() };
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
-        let mut h = self.lm.embed_at(p, &table, ids, &positions)?;
+        let e = self.lm.embed_at(p, &table, ids, &positions)?;
+        let mut h = self.lm.shift(p, &e, state.last_embed.as_ref())?;
+        if self.lm.has_token_shift() && l > 0 {
+            state.last_embed = Some(e.narrow(1, l - 1, 1)?);
+        }
         let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {

@@ -23,6 +23,12 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Not in LLaMA: add a learned per-channel multiple of the previous token's embedding to each
+    /// position's embedding (`model.token_shift`, `[d]`, initialised to 0). It lets one attention
+    /// head bind a word to the key before it (associative recall) instead of needing an induction
+    /// pair of heads; see docs/TRAINING.md for its measured effect.
+    #[serde(default)]
+    pub token_shift: bool,
 }
 
 fn default_eps() -> f64 {
@@ -67,6 +73,9 @@ impl Llama {
             init.constant(store, &l("post_attention_layernorm.weight"), &[d], 1.0)?;
         }
         init.constant(store, &n("model.norm.weight"), &[d], 1.0)?;
+        if cfg.token_shift {
+            init.constant(store, &n("model.token_shift"), &[d], 0.0)?;
+        }
         if !cfg.tie_word_embeddings {
             init.normal(store, &n("lm_head.weight"), &[cfg.vocab_size, d], 0.02)?;
         }
@@ -127,6 +136,22 @@ impl Llama {
         table.embedding(ids)
     }
 
+    /// The token shift (when configured): `e [b, l, d]` → `e + s ⊙ e_prev`, where `e_prev` is `e`
+    /// moved one position right and `prev [b, 1, d]` (the embedding before this chunk, during
+    /// incremental decoding) or zeros fills position 0. Without token shift, `e` unchanged.
+    pub fn shift(&self, p: &ParamStore, e: &Tensor, prev: Option<&Tensor>) -> Result<Tensor> {
+        if !self.cfg.token_shift {
+            return Ok(e.clone());
+        }
+        let (b, l, d) = (e.shape()[0], e.shape()[1], e.shape()[2]);
+        let first = match prev {
+            Some(p) => p.clone(),
+            None => Tensor::zeros(&[b, 1, d], e.dtype(), Default::default()),
+        };
+        let before = if l > 1 { Tensor::concat(&[&first, &e.narrow(1, 0, l - 1)?], 1)? } else { first };
+        e.add(&before.mul(self.w(p, "model.token_shift")?)?)
+    }
+
     /// One decoder layer at positions `past..past+l`, extending the cache when given.
     pub fn block_cached(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>) -> Result<Tensor> {
         self.block_masked(p, i, h, cache, &RowLayout::default())
@@ -182,7 +207,8 @@ impl Llama {
 
     /// The whole LM: `ids [b, l]` → logits `[b, l, vocab]`.
     pub fn forward(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
-        let mut h = self.embed(&self.embedding_table(p, None)?, ids)?;
+        let e = self.embed(&self.embedding_table(p, None)?, ids)?;
+        let mut h = self.shift(p, &e, None)?;
         for i in 0..self.cfg.num_hidden_layers {
             h = self.block_cached(p, i, &h, None)?;
         }

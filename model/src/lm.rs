@@ -78,6 +78,17 @@ impl Lm {
             Lm::Llama(m) => m.embed(table, ids),
         }
     }
+    /// The LLaMA token shift (identity for GPT-2 and when not configured); see [`Llama::shift`].
+    pub fn shift(&self, p: &ParamStore, e: &Tensor, prev: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            Lm::Gpt2(_) => Ok(e.clone()),
+            Lm::Llama(m) => m.shift(p, e, prev),
+        }
+    }
+    /// Whether [`Lm::shift`] does anything (decoding then keeps the last embedding).
+    pub fn has_token_shift(&self) -> bool {
+        matches!(self, Lm::Llama(m) if m.cfg.token_shift)
+    }
     /// Layer `i` with per-row positions and padding keys.
     pub fn block_masked(&self, p: &ParamStore, i: usize, h: &Tensor, cache: Option<&mut LayerKv>, layout: &RowLayout) -> Result<Tensor> {
         match self {

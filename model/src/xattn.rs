@@ -77,6 +77,10 @@ pub struct XAttnConfig {
     pub dim_head: usize,
     pub ff_mult: usize,
     pub media_attention: MediaAttention,
+    /// Initial value of both gates α (the paper: 0, so the block starts as the identity; a
+    /// non-zero start such as 0.5 is an option, as IDEFICS offers).
+    #[serde(default)]
+    pub gate_init: f64,
 }
 
 /// Visual keys and values of one block for a set of media.
@@ -161,7 +165,7 @@ impl MaskedCrossAttention {
     }
 }
 
-/// `y ← y + tanh(α_xattn)·XAttn(y); y ← y + tanh(α_ffw)·FFW(y)`, gates initialised to 0.
+/// `y ← y + tanh(α_xattn)·XAttn(y); y ← y + tanh(α_ffw)·FFW(y)`, gates initialised to `gate_init` (0 in the paper).
 /// Names: `{prefix}.attn_gate`, `{prefix}.ff_gate`, `{prefix}.attn.*`, `{prefix}.ff.*`.
 #[derive(Clone, Debug)]
 pub struct GatedCrossAttentionBlock {
@@ -176,8 +180,8 @@ impl GatedCrossAttentionBlock {
         Ok(GatedCrossAttentionBlock {
             attn: MaskedCrossAttention::new(store, init, &format!("{prefix}.attn"), cfg)?,
             ff: FeedForward::new(store, init, &format!("{prefix}.ff"), cfg.dim, cfg.ff_mult)?,
-            attn_gate: init.constant(store, &format!("{prefix}.attn_gate"), &[1], 0.0)?,
-            ff_gate: init.constant(store, &format!("{prefix}.ff_gate"), &[1], 0.0)?,
+            attn_gate: init.constant(store, &format!("{prefix}.attn_gate"), &[1], cfg.gate_init)?,
+            ff_gate: init.constant(store, &format!("{prefix}.ff_gate"), &[1], cfg.gate_init)?,
         })
     }
 

@@ -39,6 +39,7 @@ fn gpt2_checkpoint_without_head_and_with_buffers() {
 #[test]
 fn sharded_llama_checkpoint_and_reports() {
     let cfg = LlamaConfig {
+        token_shift: false,
         vocab_size: 30,
         hidden_size: 16,
         intermediate_size: 24,

@@ -1,7 +1,7 @@
 //! SPEC.md §3 invariants 1, 2, 3, 5 and 7 on a tiny random Flamingo.
 use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
 use flamingo_engine::{DType, ParamStore, Rng, Tensor};
-use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
+use flamingo_model::flamingo::{Flamingo, FlamingoConfig, Resampler};
 use flamingo_model::gpt2::Gpt2Config;
 use flamingo_model::llama::LlamaConfig;
 use flamingo_model::lm::LmConfig;
@@ -18,6 +18,8 @@ fn config(mode: MediaAttention) -> FlamingoConfig {
         xattn_ff_mult: 2,
         media_attention: mode,
         cross_attn_every_n_layers: 1,
+        gate_init: 0.0,
+        resampler: Resampler::Perceiver,
     }
 }
 
@@ -41,6 +43,7 @@ fn bits(t: &Tensor) -> Vec<u32> {
 fn llama_config() -> FlamingoConfig {
     FlamingoConfig {
         lm: LmConfig::Llama(LlamaConfig {
+            token_shift: false,
             vocab_size: 40,
             hidden_size: 32,
             intermediate_size: 48,
@@ -79,7 +82,7 @@ fn check_zero_gates(store: &ParamStore, model: &Flamingo) {
 #[test]
 fn invariant_2_each_token_sees_only_its_image() {
     for mode in [MediaAttention::Immediate, MediaAttention::AllPrevious] {
-        let cfg = XAttnConfig { dim: 16, dim_visual: 12, heads: 2, dim_head: 8, ff_mult: 2, media_attention: mode };
+        let cfg = XAttnConfig { dim: 16, dim_visual: 12, heads: 2, dim_head: 8, ff_mult: 2, media_attention: mode, gate_init: 0.0 };
         let mut store = ParamStore::new();
         let mut rng = Rng::new(5);
         let attn = MaskedCrossAttention::new(&mut store, &mut Init { rng: &mut rng, dtype: DType::F32, trainable: true }, "a", &cfg).unwrap();

@@ -6,6 +6,7 @@
 use flamingo_engine::io::SafetensorsFile;
 use flamingo_tests::assert_close;
 use flamingo_engine::{DType, ParamStore, Rng};
+use flamingo_model::flamingo::Resampler;
 use flamingo_model::gpt2::{Gpt2, Gpt2Config};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
@@ -57,7 +58,7 @@ fn gated_cross_attention_matches_pytorch_in_both_modes() {
     let y = f.get("xattn.in.y").unwrap().requires_grad_(true);
     let media = f.get("xattn.in.media").unwrap().requires_grad_(true);
     for (mode, key) in [(MediaAttention::AllPrevious, "xattn.out.previous"), (MediaAttention::Immediate, "xattn.out.immediate")] {
-        let cfg = XAttnConfig { dim: 32, dim_visual: 24, heads: 2, dim_head: 16, ff_mult: 4, media_attention: mode };
+        let cfg = XAttnConfig { dim: 32, dim_visual: 24, heads: 2, dim_head: 16, ff_mult: 4, media_attention: mode, gate_init: 0.0 };
         let mut store = ParamStore::new();
         let mut rng = Rng::new(0);
         let block = GatedCrossAttentionBlock::new(&mut store, &mut init(&mut rng), "gated_cross_attn_layer", &cfg).unwrap();
@@ -101,6 +102,7 @@ fn llama_matches_huggingface() {
     use flamingo_model::llama::{Llama, LlamaConfig};
     let f = flamingo_tests::fixture("llama_tiny.safetensors");
     let cfg = LlamaConfig {
+        token_shift: false,
         vocab_size: 50,
         hidden_size: 32,
         intermediate_size: 64,
@@ -200,6 +202,8 @@ fn full_flamingo_forward_and_backward_match_pytorch() {
         xattn_ff_mult: 2,
         media_attention: MediaAttention::Immediate,
         cross_attn_every_n_layers: 1,
+        gate_init: 0.0,
+        resampler: Resampler::Perceiver,
     };
     let mut store = ParamStore::new();
     let model = Flamingo::new(&mut store, &cfg, &mut Rng::new(0)).unwrap();

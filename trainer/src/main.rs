@@ -1,5 +1,6 @@
 //! The `flamingo` command-line program.
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -18,6 +19,78 @@ enum Command {
         steps: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Stage 1: contrastive pretraining of the vision encoder on image–caption pairs.
+    PretrainVision {
+        /// Model preset or JSON file (its `vision` part is trained).
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Output directory.
+        #[arg(long, default_value = "runs/vision")]
+        out: PathBuf,
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Continue from `out/checkpoint.safetensors`.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Stage 2: the decoder LM on the world's text (mostly text binding episodes).
+    PretrainLm {
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        #[arg(long, default_value = "runs/lm")]
+        out: PathBuf,
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Stage 3: Flamingo over the frozen vision encoder and LM, on the dataset mixture.
+    Train {
+        #[arg(long, default_value = "tiny")]
+        config: String,
+        /// Pretrained vision encoder directory (from pretrain-vision).
+        #[arg(long, default_value = "pretrained/tiny/vision")]
+        vision: PathBuf,
+        /// Pretrained LM directory (from pretrain-lm).
+        #[arg(long, default_value = "pretrained/tiny/lm")]
+        lm: PathBuf,
+        #[arg(long, default_value = "runs/train")]
+        out: PathBuf,
+        #[arg(long)]
+        steps: Option<u64>,
+        #[arg(long)]
+        seed: Option<u64>,
+        /// accumulate (every dataset each step, the paper) or round-robin (the ablation).
+        #[arg(long, value_enum, default_value = "accumulate")]
+        schedule: flamingo_trainer::stages::flamingo::MixSchedule,
+        /// Override the gates' initial value (the preset's otherwise).
+        #[arg(long)]
+        gate_init: Option<f64>,
+        /// perceiver or identity (grid tokens straight through).
+        #[arg(long)]
+        resampler: Option<String>,
+        /// Also write the few-shot evaluation when done.
+        #[arg(long)]
+        eval: bool,
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Few-shot evaluation of a `train` run: prints the table and writes results.json.
+    Eval {
+        /// The run directory of `train`.
+        #[arg(long, default_value = "runs/train")]
+        run: PathBuf,
+        /// Episodes per table cell.
+        #[arg(long, default_value_t = 100)]
+        episodes: usize,
+        /// Quicker: binding only, fewer cells.
+        #[arg(long)]
+        quick: bool,
     },
     /// Print parameter counts per component and FLOPs per image/token, without allocating weights.
     Info {
@@ -74,6 +147,12 @@ fn main() -> ExitCode {
     let result: Result<(), String> = match cli.command {
         Command::Demo { steps, seed } => demo(steps, seed),
         Command::Info { config, json } => info(&config, json),
+        Command::PretrainVision { config, out, steps, seed, resume } => pretrain_vision(&config, &out, steps, seed, resume),
+        Command::PretrainLm { config, out, steps, seed, resume } => pretrain_lm(&config, &out, steps, seed, resume),
+        Command::Train { config, vision, lm, out, steps, seed, schedule, gate_init, resampler, eval, resume } => {
+            train(&config, &vision, &lm, &out, steps, seed, schedule, gate_init, resampler.as_deref(), eval, resume)
+        }
+        Command::Eval { run, episodes, quick } => eval(&run, episodes, quick),
         Command::Forward { module, config, weights, inputs, out, grad_output } => {
             flamingo_trainer::testbed::run(&module, &config, &weights, &inputs, &out, grad_output.as_deref()).map_err(|e| e.to_string())
         }
@@ -121,5 +200,84 @@ fn bench(suite: &str, json: bool, cases: Option<&[String]>, quick: bool) -> Resu
     } else {
         print!("{}", flamingo_benches::table(&rows));
     }
+    Ok(())
+}
+
+fn model_config(config: &str) -> Result<flamingo_model::config::ModelConfig, String> {
+    flamingo_model::config::load(config).map_err(|e| e.to_string())
+}
+
+fn tty() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+}
+
+fn pretrain_vision(config: &str, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, resume: bool) -> Result<(), String> {
+    use flamingo_trainer::stages::vision;
+    let m = model_config(config)?;
+    let mut cfg = vision::VisionStageConfig::default();
+    cfg.steps = steps.unwrap_or(cfg.steps);
+    cfg.seed = seed.unwrap_or(cfg.seed);
+    flamingo_trainer::train_loop::install_interrupt_handler();
+    let r = vision::run(&m.vision, m.image_size, &cfg, out, resume, tty()).map_err(|e| e.to_string())?;
+    println!("pretrain-vision: {} steps in {:.0} s, loss {:.3}, zero-shot retrieval recall@1 {:.3} recall@5 {:.3} (written to {})", r.steps, r.seconds, r.final_loss, r.recall_at_1, r.recall_at_5, out.display());
+    Ok(())
+}
+
+fn pretrain_lm(config: &str, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, resume: bool) -> Result<(), String> {
+    use flamingo_trainer::stages::lm;
+    let m = model_config(config)?;
+    let f = m.flamingo.ok_or_else(|| format!("config {config} has no language model"))?;
+    let mut cfg = lm::LmStageConfig::default();
+    cfg.steps = steps.unwrap_or(cfg.steps);
+    cfg.seed = seed.unwrap_or(cfg.seed);
+    flamingo_trainer::train_loop::install_interrupt_handler();
+    let r = lm::run(&f.lm, &cfg, out, resume, tty()).map_err(|e| e.to_string())?;
+    println!("pretrain-lm: {} steps in {:.0} s, loss {:.3}, held-out text binding (2-way, 2 shots) colour {:.3} shape {:.3} (written to {})", r.steps, r.seconds, r.final_loss, r.binding_heldout_colour, r.binding_heldout_shape, out.display());
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, schedule: flamingo_trainer::stages::flamingo::MixSchedule, gate_init: Option<f64>, resampler: Option<&str>, eval: bool, resume: bool) -> Result<(), String> {
+    use flamingo_trainer::stages::flamingo as st;
+    let m = model_config(config)?;
+    let mut f = m.flamingo.ok_or_else(|| format!("config {config} has no language model"))?;
+    if let Some(g) = gate_init {
+        f.gate_init = g;
+    }
+    if let Some(r) = resampler {
+        f.resampler = serde_json::from_value(serde_json::Value::String(r.to_string())).map_err(|_| format!("--resampler: `{r}` is not perceiver or identity"))?;
+    }
+    let mut cfg = st::TrainConfig::default();
+    cfg.steps = steps.unwrap_or(cfg.steps);
+    cfg.seed = seed.unwrap_or(cfg.seed);
+    cfg.schedule = schedule;
+    flamingo_trainer::train_loop::install_interrupt_handler();
+    let setup = st::setup(&f, vision, lm, &cfg).map_err(|e| e.to_string())?;
+    let files = st::RunFiles { flamingo: setup.model.cfg.clone(), vision_dir: vision.to_path_buf(), lm_dir: lm.to_path_buf(), train: cfg };
+    let r = st::run(&setup, &files, out, resume, tty()).map_err(|e| e.to_string())?;
+    println!("train: {} steps in {:.0} s (world {:.1} s), loss {:.3} (written to {})", r.steps, r.seconds, r.world_seconds, r.final_loss, out.display());
+    if eval && !r.interrupted {
+        let ec = flamingo_trainer::eval::EvalConfig::default();
+        let res = flamingo_trainer::eval::evaluate(&setup, &ec, tty()).map_err(|e| e.to_string())?;
+        print!("{}", flamingo_trainer::eval::table(&res.rows));
+        flamingo_trainer::stages::write_json(&out.join("results.json"), &res).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn eval(run: &std::path::Path, episodes: usize, quick: bool) -> Result<(), String> {
+    use flamingo_trainer::stages::flamingo as st;
+    let files: st::RunFiles = flamingo_trainer::stages::read_json(&run.join("config.json")).map_err(|e| e.to_string())?;
+    let setup = st::setup(&files.flamingo, &files.vision_dir, &files.lm_dir, &files.train).map_err(|e| e.to_string())?;
+    st::load_trained(&setup, run).map_err(|e| e.to_string())?;
+    let mut ec = flamingo_trainer::eval::EvalConfig { episodes, ..Default::default() };
+    if quick {
+        ec = ec.quick();
+    }
+    let res = flamingo_trainer::eval::evaluate(&setup, &ec, tty()).map_err(|e| e.to_string())?;
+    print!("{}", flamingo_trainer::eval::table(&res.rows));
+    flamingo_trainer::stages::write_json(&run.join("results.json"), &res).map_err(|e| e.to_string())?;
+    println!("written to {}", run.join("results.json").display());
     Ok(())
 }

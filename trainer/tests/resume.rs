@@ -2,7 +2,7 @@
 //! that dies half-way leaves the previous checkpoint loadable.
 use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
 use flamingo_engine::{DType, ParamStore, Rng, Tensor};
-use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
+use flamingo_model::flamingo::{Flamingo, FlamingoConfig, Resampler};
 use flamingo_model::gpt2::Gpt2Config;
 use flamingo_model::lm::LmConfig;
 use flamingo_model::perceiver::PerceiverConfig;
@@ -18,6 +18,8 @@ fn cfg() -> FlamingoConfig {
         xattn_ff_mult: 2,
         media_attention: MediaAttention::Immediate,
         cross_attn_every_n_layers: 1,
+        gate_init: 0.0,
+        resampler: Resampler::Perceiver,
     }
 }
 

@@ -97,10 +97,9 @@ mod tests {
     }
 }
 
-/// A short clip: `frames` (≥ 4) renders of one object moving in a straight line, with its
-/// description `<image> red circle moves left <|endofchunk|>` (one `<image>` per clip; the frames
-/// form one medium).
-pub fn video_clip(frames: usize, size: usize, rng: &mut Rng) -> Sample {
+/// An object moving in a straight line over `frames` (≥ 4) frames: returns the object (at its
+/// start), the direction word and the rendered frames.
+pub fn moving_object(frames: usize, size: usize, rng: &mut Rng) -> (Object, &'static str, Vec<Vec<f32>>) {
     assert!(frames >= 4, "video_clip: at least 4 frames");
     let mut o = Object::random(rng);
     o.big = false; // room to move
@@ -118,6 +117,14 @@ pub fn video_clip(frames: usize, size: usize, rng: &mut Rng) -> Sample {
             render(&[of], size, 0.03, rng)
         })
         .collect();
+    (o, word, images)
+}
+
+/// A short clip: `frames` (≥ 4) renders of one object moving in a straight line, with its
+/// description `<image> red circle moves left <|endofchunk|>` (one `<image>` per clip; the frames
+/// form one medium).
+pub fn video_clip(frames: usize, size: usize, rng: &mut Rng) -> Sample {
+    let (o, word, images) = moving_object(frames, size, rng);
     Sample { text: format!("<image> {} {} moves {word} <|endofchunk|>", o.colour.word(), o.shape.word()), images }
 }
 

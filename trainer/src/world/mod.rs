@@ -2,6 +2,9 @@
 //! nonsense words split into training and held-out pools, and the datasets built from them.
 //! Everything is deterministic from a seed and needs no downloads.
 pub mod episodes;
+pub mod features;
+pub mod pool;
+pub mod tasks;
 pub mod render;
 pub mod tokenizer;
 pub mod words;
