@@ -60,7 +60,7 @@ pub struct DecodeState {
     next_pos: Vec<i64>,
     /// `[b, len]` 1/0 validity of every cached key, once any padding was fed.
     key_valid: Option<Tensor>,
-    /// `[b, 1, d]` embedding of each row's last token (for the LM's token shift).
+    /// `[b, 1, d]` input of LM layer 0 at each row's last token (for the LM's token shift).
     last_embed: Option<Tensor>,
 }
 
@@ -145,8 +145,7 @@ impl Flamingo {
     fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>, t: Option<Tensor>) -> Result<Tensor> {
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
-        let e = self.lm.embed(p, &table, ids, 0)?;
-        let mut h = self.lm.shift(p, &e, None)?;
+        let mut h = self.lm.embed(p, &table, ids, 0)?;
         let t = match (media, t) {
             (Some(_), Some(t)) => Some(t),
             (Some(_), None) => Some(media_index(ids, self.media_token_id())?),
@@ -155,6 +154,11 @@ impl Flamingo {
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(m), Some(t)) = (&self.blocks[i], media, &t) {
                 h = block.forward(p, &h, m, t)?;
+            }
+            if i == 0 {
+                // The LM's token shift is the first step of its layer 0, so it carries what the
+                // cross-attention block before layer 0 wrote at each token to the next token.
+                h = self.lm.shift(p, &h, None)?;
             }
             h = self.lm.block_cached(p, i, &h, None)?;
         }
@@ -242,15 +246,18 @@ impl Flamingo {
         let layout = RowLayout { positions: Some(&positions), key_valid: state.key_valid.as_ref() };
         let new_rows = p.require(NEW_TOKENS)?;
         let table = self.lm.input_table(p, Some(new_rows))?;
-        let e = self.lm.embed_at(p, &table, ids, &positions)?;
-        let mut h = self.lm.shift(p, &e, state.last_embed.as_ref())?;
-        if self.lm.has_token_shift() && l > 0 {
-            state.last_embed = Some(e.narrow(1, l - 1, 1)?);
-        }
+        let mut h = self.lm.embed_at(p, &table, ids, &positions)?;
         let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {
                 h = block.forward_with_kv(p, &h, kv, &t)?;
+            }
+            if i == 0 && self.lm.has_token_shift() {
+                let before = h.clone();
+                h = self.lm.shift(p, &h, state.last_embed.as_ref())?;
+                if l > 0 {
+                    state.last_embed = Some(before.narrow(1, l - 1, 1)?);
+                }
             }
             h = self.lm.block_masked(p, i, &h, Some(&mut state.layers[i]), &layout)?;
         }

@@ -23,8 +23,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
-    /// Not in LLaMA: add a learned per-channel multiple of the previous token's embedding to each
-    /// position's embedding (`model.token_shift`, `[d]`, initialised to 0). It lets one attention
+    /// Not in LLaMA: add a learned per-channel multiple of the previous token's input to each
+    /// token's input of layer 0 (`model.token_shift`, `[d]`, initialised to 0); in the LM alone that
+    /// input is the token embedding, in Flamingo it is the output of the cross-attention block
+    /// before layer 0. It lets one attention
     /// head bind a word to the key before it (associative recall) instead of needing an induction
     /// pair of heads; see docs/TRAINING.md for its measured effect.
     #[serde(default)]

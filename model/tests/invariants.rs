@@ -195,7 +195,12 @@ fn label_rules() {
 
 #[test]
 fn invariant_4_incremental_decoding_matches_the_full_forward() {
-    for cfg in [config(MediaAttention::Immediate), llama_config()] {
+    // The third: LLaMA with the token shift, whose decoding carries the last embedding over.
+    let mut shifted = llama_config();
+    if let LmConfig::Llama(l) = &mut shifted.lm {
+        l.token_shift = true;
+    }
+    for cfg in [config(MediaAttention::Immediate), llama_config(), shifted] {
         check_incremental(&cfg);
     }
 }
@@ -206,6 +211,9 @@ fn check_incremental(cfg: &FlamingoConfig) {
     for (name, t) in store.iter() {
         if name.ends_with("_gate") {
             t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();
+        }
+        if name.ends_with("token_shift") {
+            t.assign(&Tensor::randn(t.shape(), DType::F32, &mut Rng::new(3))).unwrap();
         }
     }
     let ids = ids(&model);
@@ -234,6 +242,9 @@ fn generation_strategies_and_scoring_agree_with_the_full_forward() {
     for (name, t) in store.iter() {
         if name.ends_with("_gate") {
             t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();
+        }
+        if name.ends_with("token_shift") {
+            t.assign(&Tensor::randn(t.shape(), DType::F32, &mut Rng::new(3))).unwrap();
         }
     }
     let ids = ids(&model);

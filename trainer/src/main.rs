@@ -12,8 +12,30 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the demo (today: the engine training a small MLP; the Flamingo few-shot demo comes next).
+    /// The main job: train Flamingo on the shapes world over the committed pretrained encoders and
+    /// show few-shot learning on held-out words (writes runs/<name>/report.html).
     Demo {
+        /// Run name: output in runs/<name>/.
+        #[arg(long, default_value = "demo")]
+        name: String,
+        /// Also run pretrain-vision and pretrain-lm first instead of using the committed checkpoints.
+        #[arg(long)]
+        from_scratch: bool,
+        /// Also train with the round-robin schedule at equal compute, for comparison.
+        #[arg(long)]
+        ablation: bool,
+        /// Flamingo training steps.
+        #[arg(long)]
+        steps: Option<u64>,
+        /// Episodes per table cell.
+        #[arg(long, default_value_t = 100)]
+        episodes: usize,
+        /// Directory of the pretrained checkpoints (default: pretrained/tiny).
+        #[arg(long)]
+        pretrained: Option<PathBuf>,
+    },
+    /// A small engine demo: an MLP learns two interleaved spirals with AdamW.
+    EngineDemo {
         /// Training steps.
         #[arg(long, default_value_t = 300)]
         steps: usize,
@@ -145,7 +167,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result: Result<(), String> = match cli.command {
-        Command::Demo { steps, seed } => demo(steps, seed),
+        Command::Demo { name, from_scratch, ablation, steps, episodes, pretrained } => fewshot_demo(name, from_scratch, ablation, steps, episodes, pretrained),
+        Command::EngineDemo { steps, seed } => demo(steps, seed),
         Command::Info { config, json } => info(&config, json),
         Command::PretrainVision { config, out, steps, seed, resume } => pretrain_vision(&config, &out, steps, seed, resume),
         Command::PretrainLm { config, out, steps, seed, resume } => pretrain_lm(&config, &out, steps, seed, resume),
@@ -169,9 +192,7 @@ fn main() -> ExitCode {
 }
 
 fn demo(steps: usize, seed: u64) -> Result<(), String> {
-    println!("flamingo demo: what is built so far is the tensor engine (CPU): tensors, autodiff, ops,");
-    println!("optimisers, safetensors. The Flamingo model and its few-shot demo arrive with the model and");
-    println!("training issues. Meanwhile: an MLP learns two interleaved spirals with AdamW.\n");
+    println!("flamingo engine-demo: the tensor engine alone; an MLP learns two interleaved spirals with AdamW.\n");
     let every = (steps / 10).max(1);
     let t = std::time::Instant::now();
     let (first, last, acc) = flamingo_trainer::demo::run(steps, seed, |step, loss, acc| {
@@ -280,4 +301,11 @@ fn eval(run: &std::path::Path, episodes: usize, quick: bool) -> Result<(), Strin
     flamingo_trainer::stages::write_json(&run.join("results.json"), &res).map_err(|e| e.to_string())?;
     println!("written to {}", run.join("results.json").display());
     Ok(())
+}
+
+fn fewshot_demo(name: String, from_scratch: bool, ablation: bool, steps: Option<u64>, episodes: usize, pretrained: Option<PathBuf>) -> Result<(), String> {
+    use flamingo_trainer::fewshot_demo::{default_pretrained, run, DemoOptions};
+    flamingo_trainer::train_loop::install_interrupt_handler();
+    let opts = DemoOptions { name, runs_dir: PathBuf::from("runs"), pretrained: pretrained.unwrap_or_else(default_pretrained), from_scratch, ablation, steps, episodes, progress: tty() };
+    run(&opts).map(|_| ()).map_err(|e| e.to_string())
 }

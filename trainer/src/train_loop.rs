@@ -59,6 +59,8 @@ pub struct LoopConfig {
     pub log_every: u64,
     /// Show a progress bar (else print a line every tenth of the run).
     pub progress: bool,
+    /// Stop after this step with a checkpoint, as Ctrl-C would (for tests and time-boxed runs).
+    pub stop_at: Option<u64>,
 }
 
 /// How a loop ended.
@@ -120,7 +122,7 @@ pub fn run(
     let (mut losses, mut tokens, mut was_interrupted) = (Vec::new(), 0u64, false);
     let mut step = start;
     while step < cfg.steps {
-        if interrupted() {
+        if interrupted() || cfg.stop_at.is_some_and(|s| step >= s) {
             was_interrupted = true;
             break;
         }

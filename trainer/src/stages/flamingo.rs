@@ -76,6 +76,9 @@ pub struct TrainConfig {
     /// Probability that an interleaved row attends to the next image instead (paper: ½; the
     /// binding episodes need the previous one, so 0 by default here).
     pub p_next: f64,
+    /// Stop (with a checkpoint) after this step, as Ctrl-C would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_at: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -94,11 +97,12 @@ impl Default for TrainConfig {
             ],
             schedule: MixSchedule::Accumulate,
             checkpoint_every: 250,
-            binding_fraction: 0.7,
+            binding_fraction: 0.8,
             pool_per_combo: 16,
             clips: 256,
             frames: 4,
             p_next: 0.0,
+            stop_at: None,
         }
     }
 }
@@ -146,7 +150,12 @@ pub fn setup(template: &FlamingoConfig, vision_dir: &Path, lm_dir: &Path, cfg: &
     fcfg.perceiver.dim = vf.vision.num_features;
     let mut store = ParamStore::new();
     let model = Flamingo::new(&mut store, &fcfg, &mut Rng::new(cfg.seed))?;
-    load_hf_lm(&store, "lang_encoder.", &lm_dir.join("model.safetensors"), true)?;
+    let lm_file = lm_dir.join("model.safetensors");
+    let mut report = load_hf_lm(&store, "lang_encoder.", &lm_file, false)?;
+    report.missing.retain(|n| !n.contains("gated_cross_attn_layers") && n != NEW_TOKENS);
+    if !report.is_clean() {
+        return Err(Error::File { path: lm_file, msg: format!("not this LM: missing {:?}, unexpected {:?}, mis-shaped {:?}", report.missing, report.unexpected, report.mismatched) });
+    }
     // `<|endofchunk|>` starts as the LM's `<eos>`, the separator its text episodes used.
     let d = fcfg.lm.hidden_size();
     let table = model.lm.input_table(&store, None)?;
@@ -188,7 +197,7 @@ impl Setup {
                 if rng.uniform() < cfg.binding_fraction {
                     let attr = if rng.below(2) == 0 { Attribute::Colour } else { Attribute::Shape };
                     let ways = 2 + rng.below(2) as usize;
-                    let n = 1 + rng.below(4) as usize;
+                    let n = ways + rng.below((5 - ways) as u64) as usize;
                     binding_doc(&self.tok, attr, ways, n, &self.words.train, &self.train_images, rng)
                 } else {
                     quiz_doc(&self.tok, 1 + rng.below(5) as usize, &self.train_images, rng)
@@ -259,7 +268,7 @@ pub fn run(setup: &Setup, files: &RunFiles, dir: &Path, resume: bool, progress: 
         MixSchedule::Accumulate => "train",
         MixSchedule::RoundRobin => "train-round-robin",
     };
-    let loop_cfg = LoopConfig { stage: stage.into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress };
+    let loop_cfg = LoopConfig { stage: stage.into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress, stop_at: cfg.stop_at };
     let params: Vec<Tensor> = store.trainable().into_iter().map(|(_, t)| t).collect();
     let mut rng = Rng::new(cfg.seed ^ 0xf1a);
     let mut pos = vec![0u64; cfg.datasets.len()];

@@ -92,7 +92,7 @@ pub fn run(lm_cfg: &LmConfig, cfg: &LmStageConfig, dir: &Path, resume: bool, pro
     let lm = Lm::new(&mut store, &mut Init { rng: &mut init_rng, dtype: DType::F32, trainable: true }, "", &lm_cfg)?;
     let mut opt = AdamW::new(vec![ParamGroup::new(store.trainable(), cfg.lr, 0.0)], AdamWConfig::default())?;
     let schedule = LrSchedule { warmup_steps: cfg.warmup, total_steps: cfg.steps, decay: Decay::Cosine, min_factor: 0.1 };
-    let loop_cfg = LoopConfig { stage: "pretrain-lm".into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress };
+    let loop_cfg = LoopConfig { stage: "pretrain-lm".into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress, stop_at: None };
     let params: Vec<Tensor> = store.trainable().into_iter().map(|(_, t)| t).collect();
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let mut pos = vec![0u64];

@@ -103,7 +103,10 @@ pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support:
     let words = WordPools::draw(pool, ways, rng);
     let classes = distinct_classes(attr, ways, rng);
     let mut order = loose_support(ways, n_support, rng);
-    order.push(order[rng.below(order.len().max(1) as u64) as usize % order.len().max(1)]);
+    // The query is any class shown (uniformly over classes, not over chunks, so the most recent
+    // chunk is no better a guess than any other).
+    let shown: Vec<usize> = (0..ways).filter(|c| order.contains(c)).collect();
+    order.push(shown[rng.below(shown.len().max(1) as u64) as usize % shown.len().max(1)]);
     let mut text = String::new();
     let mut media = Vec::new();
     for &c in &order {
@@ -113,16 +116,21 @@ pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support:
     Doc { ids: tok.encode(&text), media }
 }
 
-/// An attribute quiz document: `n` chunks `<image> what colour ? red <|endofchunk|>` asking about
-/// a random attribute of each image.
+/// A quiz document of `n` chunks in one format, as a few-shot prompt would be: attribute
+/// questions (`<image> what colour ? red <|endofchunk|>`, one attribute per document) or captions
+/// (`<image> big red circle <|endofchunk|>`).
 pub fn quiz_doc(tok: &WordTokenizer, n: usize, images: &ImagePool, rng: &mut Rng) -> Doc {
     let attrs = [Attribute::Colour, Attribute::Shape, Attribute::Size];
+    let format = rng.below(4) as usize;
     let mut text = String::new();
     let mut media = Vec::new();
     for _ in 0..n {
         let i = images.random(rng);
-        let a = attrs[rng.below(3) as usize];
-        text += &format!("<image> what {} ? {} <|endofchunk|> ", a.name(), a.value(&images.objects[i]));
+        let o = &images.objects[i];
+        text += &match attrs.get(format) {
+            Some(a) => format!("<image> what {} ? {} <|endofchunk|> ", a.name(), a.value(o)),
+            None => format!("<image> {} <|endofchunk|> ", o.words()),
+        };
         media.push(i);
     }
     Doc { ids: tok.encode(&text), media }
