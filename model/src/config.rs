@@ -74,7 +74,8 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         // Trains in minutes on a 2-core CPU: 32×32 images → a 2×2 grid of 128-wide tokens.
         // 32×32 images → a 4×4 grid of 128-wide tokens; a 4-layer LLaMA-style LM with the token
         // shift (the demo overrides its vocabulary with the world tokenizer's); gates start at
-        // 0.5 (see docs/TRAINING.md for why and what it changes).
+        // 0.5 and the 16 grid tokens pass straight to the cross-attention (the Perceiver is built
+        // but bypassed) — docs/TRAINING.md has what each of these choices measurably changed.
         "tiny" => {
             let mut lm = llama(512, 128, 4, 4, 2, 256);
             if let LmConfig::Llama(l) = &mut lm {
@@ -82,6 +83,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
             }
             let mut f = flamingo(lm, perceiver(128, 1, 4, 32, 16), 4, 32, 1);
             f.gate_init = 0.5;
+            f.resampler = Resampler::Identity;
             ModelConfig { name: name.into(), image_size: 32, vision: small_nfnet(vec![32, 64], 16, 16, 128), flamingo: Some(f) }
         }
         // The benchmark shape: 64×64 images → 4×4×512 features; Perceiver depth 2, 64 latents of

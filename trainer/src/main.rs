@@ -99,6 +99,9 @@ enum Command {
         /// Also write the few-shot evaluation when done.
         #[arg(long)]
         eval: bool,
+        /// Override a training setting: `--set lr=0.002 --set shape_fraction=0.7` (see config.json).
+        #[arg(long = "set")]
+        set: Vec<String>,
         #[arg(long)]
         resume: bool,
     },
@@ -172,8 +175,8 @@ fn main() -> ExitCode {
         Command::Info { config, json } => info(&config, json),
         Command::PretrainVision { config, out, steps, seed, resume } => pretrain_vision(&config, &out, steps, seed, resume),
         Command::PretrainLm { config, out, steps, seed, resume } => pretrain_lm(&config, &out, steps, seed, resume),
-        Command::Train { config, vision, lm, out, steps, seed, schedule, gate_init, resampler, eval, resume } => {
-            train(&config, &vision, &lm, &out, steps, seed, schedule, gate_init, resampler.as_deref(), eval, resume)
+        Command::Train { config, vision, lm, out, steps, seed, schedule, gate_init, resampler, eval, set, resume } => {
+            train(&config, &vision, &lm, &out, steps, seed, schedule, gate_init, resampler.as_deref(), eval, &set, resume)
         }
         Command::Eval { run, episodes, quick } => eval(&run, episodes, quick),
         Command::Forward { module, config, weights, inputs, out, grad_output } => {
@@ -259,7 +262,7 @@ fn pretrain_lm(config: &str, out: &std::path::Path, steps: Option<u64>, seed: Op
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, schedule: flamingo_trainer::stages::flamingo::MixSchedule, gate_init: Option<f64>, resampler: Option<&str>, eval: bool, resume: bool) -> Result<(), String> {
+fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, schedule: flamingo_trainer::stages::flamingo::MixSchedule, gate_init: Option<f64>, resampler: Option<&str>, eval: bool, set: &[String], resume: bool) -> Result<(), String> {
     use flamingo_trainer::stages::flamingo as st;
     let m = model_config(config)?;
     let mut f = m.flamingo.ok_or_else(|| format!("config {config} has no language model"))?;
@@ -269,7 +272,7 @@ fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std
     if let Some(r) = resampler {
         f.resampler = serde_json::from_value(serde_json::Value::String(r.to_string())).map_err(|_| format!("--resampler: `{r}` is not perceiver or identity"))?;
     }
-    let mut cfg = st::TrainConfig::default();
+    let mut cfg = st::TrainConfig::default().with_overrides(set).map_err(|e| e.to_string())?;
     cfg.steps = steps.unwrap_or(cfg.steps);
     cfg.seed = seed.unwrap_or(cfg.seed);
     cfg.schedule = schedule;

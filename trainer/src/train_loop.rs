@@ -140,7 +140,17 @@ pub fn run(
         let tps = tokens as f64 / secs.max(1e-9);
         bar.set_position(step);
         bar.set_message(format!("loss {:.4} {:.0} tok/s", stats.loss, tps));
-        if step % cfg.log_every.max(1) == 0 || step == cfg.steps {
+        let probed = stats.extra.keys().any(|k| k.starts_with("probe_"));
+        if probed {
+            let p: Vec<String> = stats.extra.iter().filter(|(k, _)| k.starts_with("probe_")).map(|(k, v)| format!("{}={:.2}", k.trim_start_matches("probe_"), v.as_f64().unwrap_or(0.0))).collect();
+            let line = format!("{:>15} step {step:>6} probe: {}", cfg.stage, p.join(" "));
+            if cfg.progress {
+                bar.println(line);
+            } else {
+                eprintln!("{line}");
+            }
+        }
+        if step % cfg.log_every.max(1) == 0 || step == cfg.steps || probed {
             let mut line = serde_json::Map::new();
             line.insert("stage".into(), cfg.stage.clone().into());
             line.insert("step".into(), step.into());

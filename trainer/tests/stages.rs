@@ -79,5 +79,19 @@ fn stages_run_and_train_resumes_bit_for_bit() {
         assert!(res.rows.iter().any(|r| r.task == task), "no {task} row");
     }
     assert!(res.rows.iter().all(|r| (0.0..=1.0).contains(&r.accuracy) && r.n > 0));
+    // The report renders the table, the loss curve and the example images.
+    let metrics = std::fs::read_to_string(root.join("full/metrics.jsonl")).unwrap();
+    let html = flamingo_trainer::report::html(&flamingo_trainer::report::ReportInput {
+        title: "test".into(),
+        summary: String::new(),
+        stages: &[("train".to_string(), 1.0)],
+        runs: vec![("train".into(), metrics)],
+        results: &res,
+        ablation: None,
+        setup: &setup,
+    });
+    for needle in ["<table>", "binding_heldout_shape", "<polyline", "data:image/png;base64,"] {
+        assert!(html.contains(needle), "report lacks {needle}");
+    }
     let _ = std::fs::remove_dir_all(&root);
 }

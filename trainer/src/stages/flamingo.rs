@@ -68,6 +68,12 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// Fraction of binding episodes among interleaved documents (the rest are attribute quizzes).
     pub binding_fraction: f64,
+    /// Fraction of binding episodes keyed on shape (the rest on colour).
+    #[serde(default = "half")]
+    pub shape_fraction: f64,
+    /// Fraction of binding episodes whose non-key attribute is the same in all their images.
+    #[serde(default)]
+    pub fixed_other_fraction: f64,
     /// Images per shape × colour in the training and evaluation pools.
     pub pool_per_combo: usize,
     /// Clips in the training and evaluation pools, and frames per clip.
@@ -76,9 +82,34 @@ pub struct TrainConfig {
     /// Probability that an interleaved row attends to the next image instead (paper: ½; the
     /// binding episodes need the previous one, so 0 by default here).
     pub p_next: f64,
+    /// Every this many steps, measure 2-way held-out binding (2 and 4 shots, colour and shape, 50
+    /// episodes each) and write it to the metrics (0: never).
+    #[serde(default)]
+    pub probe_every: u64,
     /// Stop (with a checkpoint) after this step, as Ctrl-C would.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_at: Option<u64>,
+}
+
+fn half() -> f64 {
+    0.5
+}
+
+impl TrainConfig {
+    /// Applies `key=value` overrides (JSON values; bare words are strings), e.g. `lr=0.002`.
+    pub fn with_overrides(&self, sets: &[String]) -> Result<TrainConfig> {
+        let mut v = serde_json::to_value(self).map_err(|e| Error::Msg(e.to_string()))?;
+        for s in sets {
+            let (k, val) = s.split_once('=').ok_or_else(|| Error::Msg(format!("--set `{s}`: expected key=value")))?;
+            let obj = v.as_object_mut().expect("a struct serialises to an object");
+            if !obj.contains_key(k) {
+                return Err(Error::Msg(format!("--set: unknown training setting `{k}` (known: {})", obj.keys().cloned().collect::<Vec<_>>().join(", "))));
+            }
+            let parsed = serde_json::from_str(val).unwrap_or_else(|_| serde_json::Value::String(val.to_string()));
+            obj.insert(k.to_string(), parsed);
+        }
+        serde_json::from_value(v).map_err(|e| Error::Msg(format!("--set: {e}")))
+    }
 }
 
 impl Default for TrainConfig {
@@ -98,10 +129,13 @@ impl Default for TrainConfig {
             schedule: MixSchedule::Accumulate,
             checkpoint_every: 250,
             binding_fraction: 0.8,
+            shape_fraction: 0.5,
+            fixed_other_fraction: 0.0,
             pool_per_combo: 16,
             clips: 256,
             frames: 4,
             p_next: 0.0,
+            probe_every: 250,
             stop_at: None,
         }
     }
@@ -195,10 +229,11 @@ impl Setup {
         match kind {
             DatasetKind::Interleaved => {
                 if rng.uniform() < cfg.binding_fraction {
-                    let attr = if rng.below(2) == 0 { Attribute::Colour } else { Attribute::Shape };
+                    let attr = if rng.uniform() < cfg.shape_fraction { Attribute::Shape } else { Attribute::Colour };
                     let ways = 2 + rng.below(2) as usize;
                     let n = ways + rng.below((5 - ways) as u64) as usize;
-                    binding_doc(&self.tok, attr, ways, n, &self.words.train, &self.train_images, rng)
+                    let fix = rng.uniform() < cfg.fixed_other_fraction;
+                    binding_doc(&self.tok, attr, ways, n, &self.words.train, &self.train_images, fix, rng)
                 } else {
                     quiz_doc(&self.tok, 1 + rng.below(5) as usize, &self.train_images, rng)
                 }
@@ -293,6 +328,12 @@ pub fn run(setup: &Setup, files: &RunFiles, dir: &Path, resume: bool, progress: 
         }
         clip_grad_norm(&params, cfg.clip)?;
         opt.step()?;
+        if cfg.probe_every > 0 && (step + 1) % cfg.probe_every == 0 {
+            let probe = crate::eval::EvalConfig { episodes: 50, shots: vec![2, 4], ..Default::default() }.quick();
+            for r in crate::eval::evaluate(setup, &probe, false)?.rows {
+                stats.extra.insert(format!("probe_{}_{}shot", r.task, r.shots), r.accuracy.into());
+            }
+        }
         if step % 10 == 9 {
             for g in &gates {
                 stats.extra.insert(format!("tanh_{}", g.replace("lang_encoder.gated_cross_attn_layers.", "").replace(".gated_cross_attn_layer.attn_gate", "")), store.require(g)?.tanh()?.to_scalar::<f64>()?.into());
@@ -321,4 +362,21 @@ pub fn load_trained(setup: &Setup, dir: &Path) -> Result<()> {
         t.assign(&src)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_set_known_fields_and_reject_unknown_ones() {
+        let c = TrainConfig::default().with_overrides(&["lr=0.003".into(), "schedule=round-robin".into(), r#"datasets=[{"kind":"pairs","batch":4,"weight":1.0}]"#.into()]).unwrap();
+        assert_eq!(c.lr, 0.003);
+        assert_eq!(c.schedule, MixSchedule::RoundRobin);
+        assert_eq!(c.datasets.len(), 1);
+        let e = TrainConfig::default().with_overrides(&["learning_rate=1".into()]).unwrap_err().to_string();
+        assert!(e.contains("learning_rate") && e.contains("lr"), "{e}");
+        assert!(TrainConfig::default().with_overrides(&["lr".into()]).is_err());
+        assert!(TrainConfig::default().with_overrides(&["lr=fast".into()]).is_err());
+    }
 }

@@ -34,7 +34,7 @@ pub struct LmStageConfig {
 
 impl Default for LmStageConfig {
     fn default() -> Self {
-        LmStageConfig { steps: 2000, batch: 32, lr: 2e-3, warmup: 100, seed: 0, binding_fraction: 0.95, max_support: 12, checkpoint_every: 500 }
+        LmStageConfig { steps: 4000, batch: 32, lr: 2e-3, warmup: 100, seed: 0, binding_fraction: 0.95, max_support: 12, checkpoint_every: 500 }
     }
 }
 

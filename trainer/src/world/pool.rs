@@ -105,6 +105,12 @@ impl ImagePool {
         }
     }
 
+    /// A random image of the given shape and colour classes.
+    pub fn with_both(&self, shape: usize, colour: usize, rng: &mut Rng) -> usize {
+        let per = self.len() / 64;
+        (shape * 8 + colour) * per + rng.below(per as u64) as usize
+    }
+
     pub fn random(&self, rng: &mut Rng) -> usize {
         rng.below(self.len() as u64) as usize
     }
@@ -165,6 +171,8 @@ mod tests {
                 assert_eq!(attr.class(&p.objects[i]), c);
             }
         }
+        let i = p.with_both(3, 5, &mut rng);
+        assert_eq!((Attribute::Shape.class(&p.objects[i]), Attribute::Colour.class(&p.objects[i])), (3, 5));
         assert_eq!(ImagePool::new(2, 16, 3).images, p.images);
         assert_ne!(ImagePool::new(2, 16, 4).images, p.images);
         let c = ClipPool::new(3, 4, 16, 1);

@@ -98,8 +98,10 @@ pub fn text_caption(tok: &WordTokenizer, rng: &mut Rng) -> Vec<i64> {
 
 /// An interleaved binding document: `ways` classes of `attr` get fresh words from `pool`;
 /// `n_support` chunks `<image> WO RD <|endofchunk|>` then the query chunk, `n_support + 1 ≤ 5`
-/// images. The query's class was shown in the support set (when `n_support ≥ 1`).
-pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support: usize, pool: &[[usize; 2]], images: &ImagePool, rng: &mut Rng) -> Doc {
+/// images. The query's class was shown in the support set (when `n_support ≥ 1`). With
+/// `fix_other`, the attribute that is not the key (shape for colour keys, colour for shape keys)
+/// is the same in every image of the document; otherwise it varies freely.
+pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support: usize, pool: &[[usize; 2]], images: &ImagePool, fix_other: bool, rng: &mut Rng) -> Doc {
     let words = WordPools::draw(pool, ways, rng);
     let classes = distinct_classes(attr, ways, rng);
     let mut order = loose_support(ways, n_support, rng);
@@ -107,10 +109,15 @@ pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support:
     // chunk is no better a guess than any other).
     let shown: Vec<usize> = (0..ways).filter(|c| order.contains(c)).collect();
     order.push(shown[rng.below(shown.len().max(1) as u64) as usize % shown.len().max(1)]);
+    let other = rng.below(8) as usize;
     let mut text = String::new();
     let mut media = Vec::new();
     for &c in &order {
-        media.push(images.with(attr, classes[c], rng));
+        media.push(match (fix_other, attr) {
+            (true, Attribute::Colour) => images.with_both(other, classes[c], rng),
+            (true, Attribute::Shape) => images.with_both(classes[c], other, rng),
+            _ => images.with(attr, classes[c], rng),
+        });
         text += &format!("<image> {} <|endofchunk|> ", WordPools::text(words[c]));
     }
     Doc { ids: tok.encode(&text), media }
@@ -254,7 +261,7 @@ mod tests {
         let clips = ClipPool::new(4, 4, 16, 0);
         let mut rng = Rng::new(1);
         for _ in 0..20 {
-            let d = binding_doc(&tok, Attribute::Shape, 2, 4, &words.train, &images, &mut rng);
+            let d = binding_doc(&tok, Attribute::Shape, 2, 4, &words.train, &images, false, &mut rng);
             assert_eq!(d.ids.iter().filter(|&&i| i == tok.image_id()).count(), d.media.len());
             assert_eq!(d.media.len(), 5);
             // Query's word equals the word of a support image of the same shape.
