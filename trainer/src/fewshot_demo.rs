@@ -64,11 +64,15 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         let (v, l) = (dir.join("vision"), dir.join("lm"));
         let t = Instant::now();
         let r = vision::run(&preset.vision, preset.image_size, &vision::VisionStageConfig::default(), &v, false, opts.progress)?;
-        println!("pretrain-vision: recall@1 {:.3} ({:.0} s)", r.recall_at_1, t.elapsed().as_secs_f64());
+        let committed: Option<vision::VisionReport> = crate::stages::read_json(&opts.pretrained.join("vision/report.json")).ok();
+        let was = committed.map(|c| format!(" (committed checkpoint: {:.3})", c.recall_at_1)).unwrap_or_default();
+        println!("pretrain-vision: recall@1 {:.3}{was} ({:.0} s)", r.recall_at_1, t.elapsed().as_secs_f64());
         stages.push(("pretrain-vision".into(), t.elapsed().as_secs_f64()));
         let t = Instant::now();
         let r = lm::run(&template.lm, &lm::LmStageConfig::default(), &l, false, opts.progress)?;
-        println!("pretrain-lm: held-out text binding colour {:.3} shape {:.3} ({:.0} s)", r.binding_heldout_colour, r.binding_heldout_shape, t.elapsed().as_secs_f64());
+        let committed: Option<lm::LmReport> = crate::stages::read_json(&opts.pretrained.join("lm/report.json")).ok();
+        let was = committed.map(|c| format!(" (committed checkpoint: {:.3} / {:.3})", c.binding_heldout_colour, c.binding_heldout_shape)).unwrap_or_default();
+        println!("pretrain-lm: held-out text binding colour {:.3} shape {:.3}{was} ({:.0} s)", r.binding_heldout_colour, r.binding_heldout_shape, t.elapsed().as_secs_f64());
         stages.push(("pretrain-lm".into(), t.elapsed().as_secs_f64()));
         (v, l)
     } else {
@@ -113,7 +117,33 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         ablation = Some(eval::evaluate(&setup_rr, &EvalConfig { episodes: opts.episodes, ..Default::default() }.quick(), opts.progress)?);
         stages.push(("eval-round-robin".into(), t.elapsed().as_secs_f64()));
     }
-    // One metrics.jsonl for the whole run.
+    let total = t_all.elapsed().as_secs_f64();
+    stages.push(("total".into(), total));
+    let out = Results {
+        rows: &results.rows,
+        stages: stages.iter().map(|(s, t)| Stage { stage: s.clone(), seconds: *t }).collect(),
+        ablation_round_robin: ablation.as_ref().map(|a| a.rows.as_slice()),
+        examples: &results.examples,
+    };
+    write_json(&dir.join("results.json"), &out)?;
+    let summary = format!(
+        "Flamingo (tiny preset: NFNet grid tokens → gated cross-attention before every layer of a frozen 4-layer LM) trained for {} steps over frozen, pretrained vision and language models{}; evaluated on nonsense words held out from training and on images never seen in training. Total {:.0} s on this machine.",
+        r.steps,
+        if opts.from_scratch { " pretrained in this run" } else { " (the committed checkpoints)" },
+        total
+    );
+    write_report(&dir, &opts.name, &setup, &results, ablation.as_ref(), &stages, summary)?;
+    print!("\n{}", eval::table(&results.rows));
+    if let Some(a) = &ablation {
+        print!("\nround-robin ablation (equal compute):\n{}", eval::table(&a.rows));
+    }
+    println!("\nstages: {}", stages.iter().map(|(s, t)| format!("{s} {t:.0} s")).collect::<Vec<_>>().join(", "));
+    println!("report: {}", dir.join("report.html").display());
+    Ok(dir)
+}
+
+/// Writes `dir/metrics.jsonl` (every stage's lines) and `dir/report.html`.
+fn write_report(dir: &Path, name: &str, setup: &st::Setup, results: &EvalResults, ablation: Option<&EvalResults>, stages: &[(String, f64)], summary: String) -> Result<()> {
     let mut metrics = String::new();
     let mut runs = Vec::new();
     for (label, sub) in [("pretrain-vision", "vision"), ("pretrain-lm", "lm"), ("train (accumulate)", "train"), ("train (round-robin)", "train-round-robin")] {
@@ -125,28 +155,38 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         }
     }
     flamingo_engine::io::write_atomic(&dir.join("metrics.jsonl"), metrics.as_bytes())?;
-    let total = t_all.elapsed().as_secs_f64();
-    stages.push(("total".into(), total));
-    let out = Results {
-        rows: &results.rows,
-        stages: stages.iter().map(|(s, t)| Stage { stage: s.clone(), seconds: *t }).collect(),
-        ablation_round_robin: ablation.as_ref().map(|a| a.rows.as_slice()),
-        examples: &results.examples,
-    };
-    write_json(&dir.join("results.json"), &out)?;
-    let summary = format!(
-        "Flamingo (tiny preset: NFNet → Perceiver → gated cross-attention into a frozen 4-layer LM) trained for {} steps over frozen, pretrained vision and language models{}; evaluated on nonsense words held out from training and on images never seen in training. Total {:.0} s on this machine.",
-        r.steps,
-        if opts.from_scratch { " pretrained in this run" } else { " (the committed checkpoints)" },
-        total
-    );
-    let html = report::html(&ReportInput { title: format!("Flamingo few-shot demo: {}", opts.name), summary, stages: &stages, runs, results: &results, ablation: ablation.as_ref(), setup: &setup });
-    flamingo_engine::io::write_atomic(&dir.join("report.html"), html.as_bytes())?;
-    print!("\n{}", eval::table(&results.rows));
-    if let Some(a) = &ablation {
-        print!("\nround-robin ablation (equal compute):\n{}", eval::table(&a.rows));
-    }
-    println!("\nstages: {}", stages.iter().map(|(s, t)| format!("{s} {t:.0} s")).collect::<Vec<_>>().join(", "));
-    println!("report: {}", dir.join("report.html").display());
-    Ok(dir)
+    let html = report::html(&ReportInput { title: format!("Flamingo few-shot demo: {name}"), summary, stages, runs, results, ablation, setup });
+    flamingo_engine::io::write_atomic(&dir.join("report.html"), html.as_bytes())
+}
+
+#[derive(serde::Deserialize)]
+struct SavedStage {
+    stage: String,
+    seconds: f64,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedResults {
+    rows: Vec<eval::Row>,
+    stages: Vec<SavedStage>,
+    #[serde(default)]
+    ablation_round_robin: Option<Vec<eval::Row>>,
+    #[serde(default)]
+    examples: Vec<eval::Example>,
+}
+
+/// `flamingo report --run DIR`: rewrites `DIR/report.html` from a demo run's `results.json`,
+/// metrics and configuration (re-rendering the world for the example images).
+pub fn report_only(dir: &Path) -> Result<PathBuf> {
+    let saved: SavedResults = crate::stages::read_json(&dir.join("results.json"))?;
+    let files: RunFiles = crate::stages::read_json(&dir.join("train/config.json"))?;
+    let setup = st::setup(&files.flamingo, &files.vision_dir, &files.lm_dir, &files.train)?;
+    let results = EvalResults { rows: saved.rows, examples: saved.examples, seconds: 0.0 };
+    let ablation = saved.ablation_round_robin.map(|rows| EvalResults { rows, examples: Vec::new(), seconds: 0.0 });
+    let stages: Vec<(String, f64)> = saved.stages.into_iter().map(|s| (s.stage, s.seconds)).collect();
+    let total = stages.iter().find(|(s, _)| s == "total").map(|(_, t)| *t).unwrap_or(0.0);
+    let summary = format!("Flamingo (tiny preset) trained for {} steps over frozen, pretrained vision and language models; evaluated on held-out words and unseen images. Total {total:.0} s.", files.train.steps);
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    write_report(dir, &name, &setup, &results, ablation.as_ref(), &stages, summary)?;
+    Ok(dir.join("report.html"))
 }

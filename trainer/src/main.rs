@@ -34,6 +34,11 @@ enum Command {
         #[arg(long)]
         pretrained: Option<PathBuf>,
     },
+    /// Rewrite a demo run's report.html from its results.json and metrics.
+    Report {
+        #[arg(long, default_value = "runs/demo")]
+        run: PathBuf,
+    },
     /// A small engine demo: an MLP learns two interleaved spirals with AdamW.
     EngineDemo {
         /// Training steps.
@@ -172,6 +177,7 @@ fn main() -> ExitCode {
     let result: Result<(), String> = match cli.command {
         Command::Demo { name, from_scratch, ablation, steps, episodes, pretrained } => fewshot_demo(name, from_scratch, ablation, steps, episodes, pretrained),
         Command::EngineDemo { steps, seed } => demo(steps, seed),
+        Command::Report { run } => flamingo_trainer::fewshot_demo::report_only(&run).map(|p| println!("written {}", p.display())).map_err(|e| e.to_string()),
         Command::Info { config, json } => info(&config, json),
         Command::PretrainVision { config, out, steps, seed, resume } => pretrain_vision(&config, &out, steps, seed, resume),
         Command::PretrainLm { config, out, steps, seed, resume } => pretrain_lm(&config, &out, steps, seed, resume),

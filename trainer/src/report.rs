@@ -143,6 +143,14 @@ pub fn html(r: &ReportInput) -> String {
         let keys = ["loss", "loss_interleaved", "loss_pairs", "loss_video"];
         let losses: Vec<(String, Vec<(f64, f64)>)> = keys.iter().map(|k| (k.to_string(), series(m, k))).filter(|(_, p)| !p.is_empty()).collect();
         s += &svg_chart(&format!("{label}: loss against step"), &losses);
+        let probes: Vec<(String, Vec<(f64, f64)>)> = ["colour", "shape"]
+            .iter()
+            .flat_map(|a| [2, 4].map(|k| (format!("{a} {k}-shot"), series(m, &format!("probe_binding_heldout_{a}_{k}shot")))))
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        if !probes.is_empty() {
+            s += &svg_chart(&format!("{label}: held-out 2-way binding accuracy during training (50 episodes)"), &probes);
+        }
         let gates: Vec<(String, Vec<(f64, f64)>)> = (0..8).map(|i| (format!("tanh(attn gate {i})"), series(m, &format!("tanh_{i}")))).filter(|(_, p)| !p.is_empty()).collect();
         if !gates.is_empty() {
             s += &svg_chart(&format!("{label}: tanh of the cross-attention gates"), &gates);

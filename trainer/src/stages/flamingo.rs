@@ -115,7 +115,7 @@ impl TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            steps: 1500,
+            steps: 2400,
             lr: 1e-3,
             warmup: 50,
             weight_decay: 0.1,
@@ -129,8 +129,8 @@ impl Default for TrainConfig {
             schedule: MixSchedule::Accumulate,
             checkpoint_every: 250,
             binding_fraction: 0.8,
-            shape_fraction: 0.5,
-            fixed_other_fraction: 0.0,
+            shape_fraction: 0.57,
+            fixed_other_fraction: 0.5,
             pool_per_combo: 16,
             clips: 256,
             frames: 4,
