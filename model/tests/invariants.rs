@@ -205,9 +205,8 @@ fn invariant_4_incremental_decoding_matches_the_full_forward() {
     }
 }
 
-fn check_incremental(cfg: &FlamingoConfig) {
-    let mut store = ParamStore::new();
-    let model = Flamingo::new(&mut store, cfg, &mut Rng::new(15)).unwrap();
+/// Gates at 0.8 (so the cross-attention matters) and a random token shift (when the LM has one).
+fn open_gates_and_shift(store: &ParamStore) {
     for (name, t) in store.iter() {
         if name.ends_with("_gate") {
             t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();
@@ -216,6 +215,12 @@ fn check_incremental(cfg: &FlamingoConfig) {
             t.assign(&Tensor::randn(t.shape(), DType::F32, &mut Rng::new(3))).unwrap();
         }
     }
+}
+
+fn check_incremental(cfg: &FlamingoConfig) {
+    let mut store = ParamStore::new();
+    let model = Flamingo::new(&mut store, cfg, &mut Rng::new(15)).unwrap();
+    open_gates_and_shift(&store);
     let ids = ids(&model);
     let media = model.encode_media(&store, &features(16)).unwrap();
     let full = model.forward(&store, &ids, &media).unwrap().to_vec::<f32>().unwrap();
@@ -239,14 +244,7 @@ fn generation_strategies_and_scoring_agree_with_the_full_forward() {
     use flamingo_model::generate::Strategy;
     let mut store = ParamStore::new();
     let model = Flamingo::new(&mut store, &llama_config(), &mut Rng::new(17)).unwrap();
-    for (name, t) in store.iter() {
-        if name.ends_with("_gate") {
-            t.assign(&Tensor::full(&[1], 0.8, DType::F32, Default::default())).unwrap();
-        }
-        if name.ends_with("token_shift") {
-            t.assign(&Tensor::randn(t.shape(), DType::F32, &mut Rng::new(3))).unwrap();
-        }
-    }
+    open_gates_and_shift(&store);
     let ids = ids(&model);
     let media = model.encode_media(&store, &features(18)).unwrap();
     let greedy = model.generate(&store, &ids, &media, 3, &Strategy::Greedy).unwrap();

@@ -211,8 +211,9 @@ pub fn evaluate(setup: &Setup, cfg: &EvalConfig, progress: bool) -> Result<EvalR
     Ok(EvalResults { rows, examples, seconds: t0.elapsed().as_secs_f64() })
 }
 
-/// The table: one line per (task, ways), one column per number of shots.
-pub fn table(rows: &[Row]) -> String {
+/// The table's layout: the sorted shot counts (columns) and the (task, ways) lines in first-seen
+/// order.
+pub fn layout(rows: &[Row]) -> (Vec<usize>, Vec<(String, usize)>) {
     let mut shots: Vec<usize> = rows.iter().map(|r| r.shots).collect();
     shots.sort();
     shots.dedup();
@@ -222,6 +223,12 @@ pub fn table(rows: &[Row]) -> String {
             keys.push((r.task.clone(), r.ways));
         }
     }
+    (shots, keys)
+}
+
+/// The table: one line per (task, ways), one column per number of shots.
+pub fn table(rows: &[Row]) -> String {
+    let (shots, keys) = layout(rows);
     let mut s = format!("{:<28} {:>4} ", "task", "ways");
     for k in &shots {
         s += &format!("{:>8}", format!("{k}-shot"));

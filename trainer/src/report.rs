@@ -83,15 +83,7 @@ pub fn series(metrics: &str, key: &str) -> Vec<(f64, f64)> {
 }
 
 fn table_html(rows: &[Row]) -> String {
-    let mut shots: Vec<usize> = rows.iter().map(|r| r.shots).collect();
-    shots.sort();
-    shots.dedup();
-    let mut keys: Vec<(String, usize)> = Vec::new();
-    for r in rows {
-        if !keys.contains(&(r.task.clone(), r.ways)) {
-            keys.push((r.task.clone(), r.ways));
-        }
-    }
+    let (shots, keys) = crate::eval::layout(rows);
     let mut s = String::from("<table><tr><th>task</th><th>ways</th>");
     for k in &shots {
         let _ = write!(s, "<th>{k}-shot</th>");
