@@ -31,6 +31,7 @@ pub fn save(tensors: &[(String, Tensor)], path: impl AsRef<Path>, dtype: Option<
             Some(d) if t.dtype().is_float() => d,
             _ => t.dtype(),
         };
+        let t = &t.detach().to_device(crate::Device::Cpu)?;
         let l = t.layout();
         let data = t.storage().cpu().gather_as(&l.shape, &l.strides, l.offset, target);
         blobs.push((name.clone(), target, t.shape().to_vec(), data.to_le_bytes()));

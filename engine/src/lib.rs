@@ -19,6 +19,7 @@
 //! - [`ParamStore`] names parameters; [`optim`] has AdamW, SGD, clipping and schedules;
 //!   [`io`] reads and writes safetensors.
 pub mod autograd;
+pub mod cuda;
 pub mod device;
 pub mod dtype;
 pub mod error;

@@ -12,10 +12,11 @@ pub enum CpuStorage {
     I64(Vec<i64>),
 }
 
-/// Storage on some device. The CUDA backend adds a variant here.
-#[derive(Clone, Debug)]
+/// Storage on some device.
+#[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(crate::cuda::CudaStorage),
 }
 
 macro_rules! map_cpu {
@@ -126,29 +127,36 @@ impl Storage {
     pub fn dtype(&self) -> DType {
         match self {
             Storage::Cpu(s) => s.dtype(),
+            Storage::Cuda(s) => s.dtype(),
         }
     }
     pub fn device(&self) -> Device {
         match self {
             Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => s.device(),
         }
     }
     pub fn len(&self) -> usize {
         match self {
             Storage::Cpu(s) => s.len(),
+            Storage::Cuda(s) => s.len(),
         }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// The CPU buffer. Callers dispatch CUDA tensors elsewhere first; reaching here with GPU
+    /// storage is a broken internal invariant.
     pub fn cpu(&self) -> &CpuStorage {
         match self {
             Storage::Cpu(s) => s,
+            Storage::Cuda(s) => panic!("internal: CPU access to {s:?}"),
         }
     }
     pub fn cpu_mut(&mut self) -> &mut CpuStorage {
         match self {
             Storage::Cpu(s) => s,
+            Storage::Cuda(s) => panic!("internal: CPU access to {s:?}"),
         }
     }
 }

@@ -56,6 +56,9 @@ impl Tensor {
     /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Tensor {
         let n: usize = shape.iter().product();
+        if let Device::Cuda(o) = device {
+            return Tensor::full_cuda(shape, value, dtype, o).unwrap_or_else(|e| panic!("cannot allocate a {dtype} tensor of shape {shape:?} on cuda:{o}: {e}"));
+        }
         let s = match dtype {
             DType::F32 => CpuStorage::F32(vec![value as f32; n]),
             DType::F64 => CpuStorage::F64(vec![value; n]),
@@ -63,8 +66,52 @@ impl Tensor {
             DType::F16 => CpuStorage::F16(vec![half::f16::from_f64(value); n]),
             DType::I64 => CpuStorage::I64(vec![value as i64; n]),
         };
-        let Device::Cpu = device;
         Tensor::from_storage(Storage::Cpu(s), shape).expect("length matches by construction")
+    }
+    fn full_cuda(shape: &[usize], value: f64, dtype: DType, ordinal: usize) -> Result<Tensor> {
+        let gpu = crate::cuda::gpu(ordinal)?;
+        let s = crate::cuda::ops::fill(&gpu, dtype, shape.iter().product(), value)?;
+        Tensor::from_storage(Storage::Cuda(s), shape)
+    }
+    /// Like [`Tensor::full`], returning an error instead of panicking when device memory runs out.
+    pub fn try_full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
+        match device {
+            Device::Cuda(o) => Tensor::full_cuda(shape, value, dtype, o),
+            Device::Cpu => Ok(Tensor::full(shape, value, dtype, device)),
+        }
+    }
+
+    /// This tensor on `device` (a no-op when already there). Differentiable: the gradient moves
+    /// back. f64 and f16 tensors cannot move to a GPU (convert them to f32 or bf16 first).
+    pub fn to_device(&self, device: Device) -> Result<Tensor> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        let src_device = self.device();
+        let storage = match device {
+            Device::Cuda(o) => {
+                let gpu = crate::cuda::gpu(o)?;
+                let host = self.contiguous_host()?;
+                crate::cuda::storage_check_dtype("to_device", self.dtype())?;
+                Storage::Cuda(crate::cuda::CudaStorage::from_cpu(&gpu, &host)?)
+            }
+            Device::Cpu => Storage::Cpu(self.contiguous_host()?),
+        };
+        if !self.dtype().is_float() {
+            return Tensor::from_storage(storage, self.shape());
+        }
+        Ok(Tensor::op_result_storage(storage, self.shape(), "to_device", &[self], |_| {
+            Box::new(move |g: &Tensor, _| Ok(vec![Some(g.to_device(src_device)?)]))
+        }))
+    }
+
+    /// The elements in row-major order in a host buffer of this dtype (downloading from a GPU).
+    fn contiguous_host(&self) -> Result<CpuStorage> {
+        let l = &self.0.layout;
+        match &*self.storage() {
+            Storage::Cpu(c) => Ok(c.gather_as(&l.shape, &l.strides, l.offset, self.dtype())),
+            Storage::Cuda(_) => crate::cuda::ops::cast(self, self.dtype())?.to_cpu(),
+        }
     }
     pub fn zeros(shape: &[usize], dtype: DType, device: Device) -> Tensor {
         Tensor::full(shape, 0.0, dtype, device)
@@ -116,6 +163,11 @@ impl Tensor {
     pub(crate) fn op_result_storage(storage: Storage, shape: &[usize], op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
         let dtype = storage.dtype();
         Tensor::record(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), dtype, op, inputs, backward)
+    }
+
+    /// Records `out` (a fresh, unrecorded tensor an op filled) as the result of `op`.
+    pub(crate) fn op_result_tensor(out: &Tensor, op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
+        Tensor::record(out.0.storage.clone(), out.0.layout.clone(), out.dtype(), op, inputs, backward)
     }
 
     /// A view of `src`'s storage with a new layout.
@@ -242,6 +294,11 @@ impl Tensor {
 
     /// All elements in row-major order, converted to `T`.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if self.device().is_cuda() {
+            let host = self.contiguous_host()?;
+            let out = host.gather_as(self.shape(), &crate::layout::contiguous_strides(self.shape()), 0, T::DTYPE);
+            return Ok(T::cpu_slice(&out).expect("gathered as T").to_vec());
+        }
         let l = &self.0.layout;
         let s = self.storage();
         let out = s.cpu().gather_as(&l.shape, &l.strides, l.offset, T::DTYPE);
@@ -258,6 +315,7 @@ impl Tensor {
     /// Runs `f` on the elements as one contiguous `&[T]` slice (copying only if this is a
     /// non-contiguous view). Errors if the dtype is not `T`.
     pub(crate) fn with_contiguous<T: Element, R>(&self, op: &'static str, f: impl FnOnce(&[T]) -> R) -> Result<R> {
+        self.cpu_only(op)?;
         if self.dtype() != T::DTYPE {
             return Err(Error::DTypeMismatch { op, lhs: T::DTYPE, rhs: self.dtype() });
         }
@@ -275,11 +333,20 @@ impl Tensor {
 
     /// Runs `f` on the raw storage slice and this tensor's layout (for strided kernels).
     pub(crate) fn with_strided<T: Element, R>(&self, op: &'static str, f: impl FnOnce(&[T], &Layout) -> R) -> Result<R> {
+        self.cpu_only(op)?;
         if self.dtype() != T::DTYPE {
             return Err(Error::DTypeMismatch { op, lhs: T::DTYPE, rhs: self.dtype() });
         }
         let s = self.storage();
         Ok(f(T::cpu_slice(s.cpu()).expect("dtype checked"), &self.0.layout))
+    }
+
+    /// Errors (naming the op) for tensors on a GPU: for CPU-only code paths.
+    pub(crate) fn cpu_only(&self, op: &'static str) -> Result<()> {
+        match self.device() {
+            Device::Cpu => Ok(()),
+            d => Err(Error::Msg(format!("{op}: not implemented for tensors on {d} (move it with .to_device(Device::Cpu))"))),
+        }
     }
 
     /// Overwrites this tensor's elements with `src`'s (same shape; converted to this dtype).
@@ -288,6 +355,11 @@ impl Tensor {
         if src.shape() != self.shape() {
             return Err(Error::shape_mismatch("assign", self.shape(), src.shape(), "source must match destination"));
         }
+        if self.device().is_cuda() {
+            let src = crate::autograd::no_grad(|| src.detach().to_device(self.device()))?;
+            return crate::cuda::ops::copy_into(self, &src);
+        }
+        let src = &src.detach().to_device(Device::Cpu)?;
         let l = src.layout().clone();
         let data = src.storage().cpu().gather_as(&l.shape, &l.strides, l.offset, self.dtype());
         let dst_l = self.0.layout.clone();
@@ -312,6 +384,7 @@ impl Tensor {
     /// Runs `f` on this tensor's contiguous elements for in-place updates (optimisers).
     /// Errors unless the tensor is contiguous and of dtype `T`.
     pub fn update_in_place<T: Element, R>(&self, f: impl FnOnce(&mut [T]) -> R) -> Result<R> {
+        self.cpu_only("update_in_place")?;
         if self.dtype() != T::DTYPE {
             return Err(Error::DTypeMismatch { op: "update_in_place", lhs: T::DTYPE, rhs: self.dtype() });
         }

@@ -5,6 +5,8 @@
 //!
 //! - [`cpu`]: rayon-parallel kernels with loops the compiler vectorises (AVX-512/AVX2 selected at
 //!   run time). Every reduction has a fixed order, so results do not depend on the thread count.
+//! - [`cuda_src`]: the CUDA C sources (`kernels/cuda/*.cu`), compiled by the engine with NVRTC.
 //! - [`reference`]: plain, obviously-correct loops used by tests to check the fast kernels.
 pub mod cpu;
+pub mod cuda_src;
 pub mod reference;

@@ -27,6 +27,17 @@ fn binary_kernel<T: FloatElement>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &
 /// Mask `f(a, b)` as 0/1 in the inputs' dtype, broadcast. Not differentiable.
 fn compare(a: &Tensor, b: &Tensor, name: &'static str, f: fn(f64, f64) -> bool) -> Result<Tensor> {
     same_kind(name, a, b)?;
+    if a.device().is_cuda() {
+        // Codes 6..9 of the CUDA binary kernel: gt, ge, lt, eq.
+        let code = match name {
+            "gt" => 6,
+            "ge" => 7,
+            "lt" => 8,
+            _ => 9,
+        };
+        let shape = broadcast_shapes(name, a.shape(), b.shape())?;
+        return super::cuda_tensor(crate::cuda::ops::binary(code, a, b, &shape, name)?, &shape);
+    }
     if let Some(r) = via_f32(&[a, b], |t| compare(&t[0], &t[1], name, f))? {
         return Ok(r);
     }
@@ -52,6 +63,19 @@ impl Tensor {
     fn binary(&self, rhs: &Tensor, op: BinaryOp, name: &'static str) -> Result<Tensor> {
         same_kind(name, self, rhs)?;
         super::float_only(name, self)?;
+        if self.device().is_cuda() {
+            let shape = broadcast_shapes(name, self.shape(), rhs.shape())?;
+            let code = match op {
+                BinaryOp::Add => 0,
+                BinaryOp::Sub => 1,
+                BinaryOp::Mul => 2,
+                BinaryOp::Div => 3,
+                BinaryOp::Max => 4,
+                BinaryOp::Min => 5,
+            };
+            let st = crate::cuda::ops::binary(code, self, rhs, &shape, name)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &shape, name, &[self, rhs], |_| binary_backward(op)));
+        }
         if let Some(r) = via_f32(&[self, rhs], |t| t[0].binary(&t[1], op, name))? {
             return Ok(r);
         }
@@ -110,6 +134,11 @@ impl Tensor {
         const NAME: &str = "where_cond";
         same_kind(NAME, on_true, on_false)?;
         same_kind(NAME, cond, on_true)?;
+        if on_true.device().is_cuda() {
+            let shape = broadcast_shapes(NAME, &broadcast_shapes(NAME, cond.shape(), on_true.shape())?, on_false.shape())?;
+            let st = crate::cuda::ops::select(cond, on_true, on_false, &shape)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &shape, NAME, &[cond, on_true, on_false], |_| where_backward()));
+        }
         if let Some(r) = via_f32(&[cond, on_true, on_false], |t| Tensor::where_cond(&t[0], &t[1], &t[2]))? {
             return Ok(r);
         }
@@ -130,14 +159,7 @@ impl Tensor {
                     &mut out,
                 )
             })))???;
-            Ok(Tensor::op_result(out, &shape, NAME, &[cond, on_true, on_false], |_| {
-                Box::new(|g: &Tensor, inp: &[Tensor]| {
-                    let zero = g.zeros_like();
-                    let ga = if needs(inp, 1) { Some(Tensor::where_cond(&inp[0], g, &zero)?.sum_to(inp[1].shape())?) } else { None };
-                    let gb = if needs(inp, 2) { Some(Tensor::where_cond(&inp[0], &zero, g)?.sum_to(inp[2].shape())?) } else { None };
-                    Ok(vec![None, ga, gb])
-                })
-            }))
+            Ok(Tensor::op_result(out, &shape, NAME, &[cond, on_true, on_false], |_| where_backward()))
         })
     }
 
@@ -147,6 +169,16 @@ impl Tensor {
         let mask = if mask.dtype() != self.dtype() { mask.to_dtype(self.dtype())? } else { mask.clone() };
         Tensor::where_cond(&mask, &fill, self)
     }
+}
+
+/// Gradients of `where_cond`: each branch gets `g` where it was chosen.
+fn where_backward() -> crate::autograd::BackwardFn {
+    Box::new(|g: &Tensor, inp: &[Tensor]| {
+        let zero = g.zeros_like();
+        let ga = if needs(inp, 1) { Some(Tensor::where_cond(&inp[0], g, &zero)?.sum_to(inp[1].shape())?) } else { None };
+        let gb = if needs(inp, 2) { Some(Tensor::where_cond(&inp[0], &zero, g)?.sum_to(inp[2].shape())?) } else { None };
+        Ok(vec![None, ga, gb])
+    })
 }
 
 fn binary_backward(op: BinaryOp) -> crate::autograd::BackwardFn {

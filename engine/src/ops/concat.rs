@@ -10,6 +10,32 @@ fn write_into<T: FloatElement>(dst: &mut [T], dst_shape: &[usize], src: &Tensor,
     src.with_contiguous::<T, _>("copy", |s| copy_into_strided(s, src.shape(), dst, offset, &strides))
 }
 
+/// Each input's gradient is its slice of `g` along axis `a`.
+fn concat_backward(a: usize, sizes: Vec<usize>) -> crate::autograd::BackwardFn {
+    Box::new(move |g: &Tensor, inp: &[Tensor]| {
+        let mut start = 0;
+        let mut grads = Vec::with_capacity(sizes.len());
+        for (i, &s) in sizes.iter().enumerate() {
+            grads.push(if inp[i].requires_grad() { Some(g.narrow(a as isize, start, s)?) } else { None });
+            start += s;
+        }
+        Ok(grads)
+    })
+}
+
+/// The input's gradient is the un-padded window of `g`.
+fn pad_backward(starts: Vec<usize>, in_shape: Vec<usize>) -> crate::autograd::BackwardFn {
+    Box::new(move |g: &Tensor, _| {
+        let mut t = g.clone();
+        for (d, (&s, &n)) in starts.iter().zip(&in_shape).enumerate() {
+            if s != 0 || n != t.shape()[d] {
+                t = t.narrow(d as isize, s, n)?;
+            }
+        }
+        Ok(vec![Some(t)])
+    })
+}
+
 impl Tensor {
     /// Joins tensors along `axis`; all other dimensions must agree.
     pub fn concat(tensors: &[&Tensor], ax: isize) -> Result<Tensor> {
@@ -29,6 +55,15 @@ impl Tensor {
         let sizes: Vec<usize> = tensors.iter().map(|t| t.shape()[a]).collect();
         let mut out_shape = first.shape().to_vec();
         out_shape[a] = sizes.iter().sum();
+        if first.device().is_cuda() {
+            let out = Tensor::try_full(&out_shape, 0.0, first.dtype(), first.device())?;
+            let mut start = 0;
+            for t in tensors {
+                crate::cuda::ops::copy_into(&out.narrow(a as isize, start, t.shape()[a])?, t)?;
+                start += t.shape()[a];
+            }
+            return Ok(Tensor::op_result_tensor(&out, "concat", tensors, |_| concat_backward(a, sizes)));
+        }
         with_float_type!("concat", first.dtype(), T => {
             let mut out = vec![T::zero(); out_shape.iter().product()];
             let mut start = 0;
@@ -38,17 +73,7 @@ impl Tensor {
                 write_into::<T>(&mut out, &out_shape, t, &starts)?;
                 start += t.shape()[a];
             }
-            Ok(Tensor::op_result(out, &out_shape, "concat", tensors, |_| {
-                Box::new(move |g: &Tensor, inp: &[Tensor]| {
-                    let mut start = 0;
-                    let mut grads = Vec::with_capacity(sizes.len());
-                    for (i, &s) in sizes.iter().enumerate() {
-                        grads.push(if inp[i].requires_grad() { Some(g.narrow(a as isize, start, s)?) } else { None });
-                        start += s;
-                    }
-                    Ok(grads)
-                })
-            }))
+            Ok(Tensor::op_result(out, &out_shape, "concat", tensors, |_| concat_backward(a, sizes)))
         })
     }
 
@@ -118,20 +143,19 @@ impl Tensor {
             starts[lead + i] = b;
         }
         let in_shape = self.shape().to_vec();
+        if self.device().is_cuda() {
+            let out = Tensor::try_full(&out_shape, value, self.dtype(), self.device())?;
+            let mut window = out.clone();
+            for (d, (&s, &n)) in starts.iter().zip(&in_shape).enumerate() {
+                window = window.narrow(d as isize, s, n)?;
+            }
+            crate::cuda::ops::copy_into(&window, self)?;
+            return Ok(Tensor::op_result_tensor(&out, "pad", &[self], |_| pad_backward(starts, in_shape)));
+        }
         with_float_type!("pad", self.dtype(), T => {
             let mut out = vec![T::from_f64(value); out_shape.iter().product()];
             write_into::<T>(&mut out, &out_shape, self, &starts)?;
-            Ok(Tensor::op_result(out, &out_shape, "pad", &[self], |_| {
-                Box::new(move |g: &Tensor, _| {
-                    let mut t = g.clone();
-                    for (d, (&s, &n)) in starts.iter().zip(&in_shape).enumerate() {
-                        if s != 0 || n != t.shape()[d] {
-                            t = t.narrow(d as isize, s, n)?;
-                        }
-                    }
-                    Ok(vec![Some(t)])
-                })
-            }))
+            Ok(Tensor::op_result(out, &out_shape, "pad", &[self], |_| pad_backward(starts, in_shape)))
         })
     }
 }

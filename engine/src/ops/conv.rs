@@ -71,6 +71,22 @@ impl Tensor {
         }
         let out_shape = [geo.n, geo.o, geo.ho(), geo.wo()];
         let has_bias = bias.is_some();
+        if self.device().is_cuda() {
+            let st = crate::cuda::ops::conv2d(self, weight, bias, &geo)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &out_shape, NAME, &inputs, |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let g = g.contiguous()?;
+                    let (x, w) = (&inp[0], &inp[1]);
+                    let dx = if needs(inp, 0) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_input(&g, w, &geo)?, x.shape())?) } else { None };
+                    let dw = if needs(inp, 1) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_weight(x, &g, &geo)?, w.shape())?) } else { None };
+                    let mut grads = vec![dx, dw];
+                    if has_bias {
+                        grads.push(if needs(inp, 2) { Some(g.sum(&[0, 2, 3], false)?) } else { None });
+                    }
+                    Ok(grads)
+                })
+            }));
+        }
         with_float_type!(NAME, self.dtype(), T => {
             let mut out = crate::pool::take::<T>(out_shape.iter().product());
             self.with_contiguous::<T, _>(NAME, |xs| weight.with_contiguous::<T, _>(NAME, |ws| match bias {
@@ -120,6 +136,12 @@ impl Tensor {
         }
         let (ho, wo) = (pool::out_size(s[2], kernel.0, stride.0), pool::out_size(s[3], kernel.1, stride.1));
         let planes = s[0] * s[1];
+        if self.device().is_cuda() {
+            let st = crate::cuda::ops::avg_pool2d(self, planes, s[2], s[3], kernel, stride, ho, wo, false)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &[s[0], s[1], ho, wo], NAME, &[self], |_| {
+                Box::new(move |g: &Tensor, _| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::avg_pool2d(g, planes, s[2], s[3], kernel, stride, ho, wo, true)?, &s)?)]))
+            }));
+        }
         with_float_type!(NAME, self.dtype(), T => {
             let mut out = vec![T::zero(); planes * ho * wo];
             self.with_contiguous::<T, _>(NAME, |xs| pool::avg_pool2d(xs, planes, s[2], s[3], kernel, stride, &mut out))?;

@@ -33,6 +33,23 @@ impl Tensor {
         }
         let a = axis("index_select", ax, self.rank())?;
         let idx = checked_indices("index_select", indices, self.shape()[a])?;
+        if self.device().is_cuda() {
+            let (gpu, _) = crate::cuda::ops::parts(self, "index_select")?;
+            let dev_idx = crate::cuda::ops::upload_i64(&gpu, &idx.iter().map(|&i| i as i64).collect::<Vec<_>>())?;
+            let s = self.shape();
+            let (outer, n, inner) = (s[..a].iter().product::<usize>(), s[a], s[a + 1..].iter().product::<usize>());
+            let mut out_shape = s.to_vec();
+            out_shape[a] = idx.len();
+            let in_shape = s.to_vec();
+            let st = crate::cuda::ops::index_select_mid(self, outer, n, inner, &dev_idx)?;
+            let dtype = self.dtype();
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &out_shape, "index_select", &[self], |_| {
+                Box::new(move |g: &Tensor, _| {
+                    let dx = super::cuda_tensor(crate::cuda::ops::index_add_mid(g, outer, n, inner, &dev_idx)?, &in_shape)?;
+                    Ok(vec![Some(dx.to_dtype(dtype)?)])
+                })
+            }));
+        }
         if let Some(r) = via_f32(&[self], |t| t[0].index_select(ax, indices))? {
             return Ok(r);
         }

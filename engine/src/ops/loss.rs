@@ -34,6 +34,18 @@ impl Tensor {
             })
             .collect::<Result<_>>()?;
         let count = tg.iter().filter(|t| t.is_some()).count();
+        if self.device().is_cuda() {
+            let (gpu, _) = crate::cuda::ops::parts(self, NAME)?;
+            let flat: Vec<i64> = tg.iter().map(|t| t.map(|v| v as i64).unwrap_or(-1)).collect();
+            let targets = crate::cuda::ops::upload_i64(&gpu, &flat)?;
+            let (mean, lse) = crate::cuda::ops::cross_entropy(self, &targets, v, label_smoothing, count)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(mean), &[], NAME, &[self], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let dx = crate::cuda::ops::cross_entropy_backward(&inp[0], &targets, &lse, g, v, label_smoothing, count)?;
+                    Ok(vec![Some(super::cuda_tensor(dx, inp[0].shape())?)])
+                })
+            }));
+        }
         with_float_type!(NAME, self.dtype(), T => {
             let (losses, lse) = self.with_contiguous::<T, _>(NAME, |x| k::cross_entropy_rows(x, v, &tg, label_smoothing))?;
             let total: f64 = losses.iter().map(|&l| l as f64).sum();
@@ -67,6 +79,13 @@ impl Tensor {
             return Ok(self.clone());
         }
         let keep = 1.0 / (1.0 - p);
+        if let crate::Device::Cuda(o) = self.device() {
+            // Counter-based mask on the GPU: one 64-bit seed drawn from `rng` per call.
+            let seed = (rng.uniform() * 9_007_199_254_740_992.0) as u64;
+            let gpu = crate::cuda::gpu(o)?;
+            let mask = super::cuda_tensor(crate::cuda::ops::dropout_mask(&gpu, self.numel(), seed, p)?, self.shape())?.to_dtype(self.dtype())?;
+            return self.mul(&mask);
+        }
         let mask: Vec<f64> = (0..self.numel()).map(|_| if rng.uniform() < p { 0.0 } else { keep }).collect();
         let mask = Tensor::from_vec(mask, self.shape())?.to_dtype(self.dtype())?;
         self.mul(&mask)

@@ -32,13 +32,26 @@ fn matmul_raw<T: FloatElement>(a: &Tensor, b: &Tensor, batch: &[usize], m: usize
     Ok(out)
 }
 
+/// dA = g·Bᵀ, dB = Aᵀ·g (summed over broadcast batch dims).
+fn matmul_backward() -> crate::autograd::BackwardFn {
+    Box::new(|g: &Tensor, inp: &[Tensor]| {
+        let (a, b) = (&inp[0], &inp[1]);
+        // Frozen operands get no gradient and their weight-gradient product is skipped.
+        let ga = if needs(inp, 0) { Some(g.matmul(&b.t()?)?.sum_to(a.shape())?) } else { None };
+        let gb = if needs(inp, 1) { Some(a.t()?.matmul(g)?.sum_to(b.shape())?) } else { None };
+        Ok(vec![ga, gb])
+    })
+}
+
 impl Tensor {
     /// Matrix product with NumPy semantics: `[..., m, k] × [..., k, n] → [..., m, n]`, batch
     /// dimensions broadcast; a 1-D operand is treated as a row (lhs) or column (rhs) vector.
     pub fn matmul(&self, rhs: &Tensor) -> Result<Tensor> {
         same_kind("matmul", self, rhs)?;
-        if let Some(r) = via_f32(&[self, rhs], |t| t[0].matmul(&t[1]))? {
-            return Ok(r);
+        if !self.device().is_cuda() {
+            if let Some(r) = via_f32(&[self, rhs], |t| t[0].matmul(&t[1]))? {
+                return Ok(r);
+            }
         }
         if self.rank() == 0 || rhs.rank() == 0 {
             return Err(Error::shape_mismatch("matmul", self.shape(), rhs.shape(), "operands need at least 1 dimension"));
@@ -58,17 +71,13 @@ impl Tensor {
         let batch = broadcast_shapes("matmul", &self.shape()[..ra - 2], &rhs.shape()[..rb - 2])?;
         let mut out_shape = batch.clone();
         out_shape.extend_from_slice(&[m, n]);
+        if self.device().is_cuda() {
+            let st = crate::cuda::ops::matmul(self, rhs, &batch, m, k, n)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &out_shape, "matmul", &[self, rhs], |_| matmul_backward()));
+        }
         with_float_type!("matmul", self.dtype(), T => {
             let data = matmul_raw::<T>(self, rhs, &batch, m, k, n)?;
-            Ok(Tensor::op_result(data, &out_shape, "matmul", &[self, rhs], |_| {
-                Box::new(|g: &Tensor, inp: &[Tensor]| {
-                    let (a, b) = (&inp[0], &inp[1]);
-                    // Frozen operands get no gradient and their weight-gradient product is skipped.
-                    let ga = if needs(inp, 0) { Some(g.matmul(&b.t()?)?.sum_to(a.shape())?) } else { None };
-                    let gb = if needs(inp, 1) { Some(a.t()?.matmul(g)?.sum_to(b.shape())?) } else { None };
-                    Ok(vec![ga, gb])
-                })
-            }))
+            Ok(Tensor::op_result(data, &out_shape, "matmul", &[self, rhs], |_| matmul_backward()))
         })
     }
 

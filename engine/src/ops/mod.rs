@@ -16,6 +16,11 @@ pub mod view;
 
 use crate::{DType, Error, Result, Tensor};
 
+/// Wraps new CUDA storage as an unrecorded tensor of `shape`.
+pub(crate) fn cuda_tensor(s: crate::cuda::CudaStorage, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_storage(crate::storage::Storage::Cuda(s), shape)
+}
+
 /// Traits whose methods kernels-typed code inside `with_float_type!` needs.
 pub(crate) mod scalar_traits {
     pub use flamingo_kernels::cpu::Float as _;

@@ -22,6 +22,24 @@ impl Tensor {
             return Ok(r);
         }
         let rows = self.numel() / n.max(1);
+        if self.device().is_cuda() {
+            let (y, mean, rstd) = crate::cuda::ops::layer_norm(self, &w, &b, n, eps)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(y), self.shape(), "layer_norm", &[self, &w, &b], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let want_params = needs(inp, 1) || needs(inp, 2);
+                    let (dx, params) = crate::cuda::ops::layer_norm_backward(&inp[0], g, &inp[1], &mean, &rstd, n, needs(inp, 0), want_params)?;
+                    let (dw, db) = match params {
+                        Some((dw, db)) => (needs(inp, 1).then_some(dw), needs(inp, 2).then_some(db)),
+                        None => (None, None),
+                    };
+                    Ok(vec![
+                        dx.map(|d| super::cuda_tensor(d, inp[0].shape())).transpose()?,
+                        dw.map(|d| super::cuda_tensor(d, &[n])).transpose()?,
+                        db.map(|d| super::cuda_tensor(d, &[n])).transpose()?,
+                    ])
+                })
+            }));
+        }
         with_float_type!("layer_norm", self.dtype(), T => {
             let mut out = crate::pool::take::<T>(self.numel());
             let mut mean = vec![T::zero(); rows];

@@ -68,6 +68,13 @@ impl Tensor {
         let out_shape = reduced_shape(self.shape(), &ax, keepdim);
         let keep_shape = reduced_shape(self.shape(), &ax, true);
         let in_shape = self.shape().to_vec();
+        if self.device().is_cuda() {
+            let (src, outer, n, inner) = as_outer_n_inner(self, &ax)?;
+            let st = crate::cuda::ops::sum_mid(&src, outer, n, inner)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &out_shape, "sum", &[self], |_| {
+                Box::new(move |g: &Tensor, _| Ok(vec![Some(g.reshape(&keep_shape)?.broadcast_as(&in_shape)?)]))
+            }));
+        }
         with_float_type!("sum", self.dtype(), T => {
             let data = sum_raw::<T>(self, &ax)?;
             Ok(Tensor::op_result(data, &out_shape, "sum", &[self], |_| {
@@ -139,6 +146,15 @@ impl Tensor {
         let keep_shape = reduced_shape(self.shape(), &[a], true);
         let in_shape = self.shape().to_vec();
         let (src, outer, n, inner) = as_outer_n_inner(self, &[a])?;
+        if self.device().is_cuda() {
+            let (vals, arg) = crate::cuda::ops::max_mid(&src, outer, n, inner)?;
+            let idx = super::cuda_tensor(arg, &out_shape)?;
+            let idx_keep = idx.clone();
+            let m = Tensor::op_result_storage(crate::storage::Storage::Cuda(vals), &out_shape, "max", &[self], |_| {
+                Box::new(move |g: &Tensor, _| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::max_backward(g, &idx_keep, outer, n, inner)?, &in_shape)?)]))
+            });
+            return Ok((m, idx));
+        }
         with_float_type!("max", self.dtype(), T => {
             let mut vals = vec![T::zero(); outer * inner];
             let mut arg = vec![0usize; outer * inner];

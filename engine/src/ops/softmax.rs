@@ -22,6 +22,13 @@ impl Tensor {
             return Ok(r);
         }
         let n = *self.shape().last().unwrap_or(&1);
+        if self.device().is_cuda() {
+            let st = crate::cuda::ops::softmax_rows(self, n, log)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), self.shape(), name, &[self], |y| {
+                let y = y.clone();
+                Box::new(move |g: &Tensor, _| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::softmax_rows_backward(&y, g, n, log)?, y.shape())?)]))
+            }));
+        }
         with_float_type!(name, self.dtype(), T => {
             let mut out = crate::pool::take::<T>(self.numel());
             if n > 0 {

@@ -18,6 +18,13 @@ impl Tensor {
     pub fn unary(&self, op: UnaryOp) -> Result<Tensor> {
         let name = "unary";
         float_only(name, self)?;
+        if self.device().is_cuda() {
+            let st = crate::cuda::ops::unary(op, self)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), self.shape(), name, &[self], |y| {
+                let y = y.clone();
+                Box::new(move |g: &Tensor, inp: &[Tensor]| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::unary_backward(op, &inp[0], &y, g)?, inp[0].shape())?)]))
+            }));
+        }
         if let Some(r) = via_f32(&[self], |t| t[0].unary(op))? {
             return Ok(r);
         }

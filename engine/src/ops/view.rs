@@ -141,9 +141,13 @@ impl Tensor {
     }
 
     fn copy_as(&self, dtype: DType, op: &'static str) -> Result<Tensor> {
-        let l = self.layout();
-        let data = self.storage().cpu().gather_as(&l.shape, &l.strides, l.offset, dtype);
-        let storage = crate::storage::Storage::Cpu(data);
+        let storage = if self.device().is_cuda() {
+            crate::cuda::storage_check_dtype(op, dtype)?;
+            crate::storage::Storage::Cuda(crate::cuda::ops::cast(self, dtype)?)
+        } else {
+            let l = self.layout();
+            crate::storage::Storage::Cpu(self.storage().cpu().gather_as(&l.shape, &l.strides, l.offset, dtype))
+        };
         let src_dtype = self.dtype();
         if !(src_dtype.is_float() && dtype.is_float()) {
             return Tensor::from_storage(storage, self.shape());

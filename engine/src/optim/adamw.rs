@@ -25,14 +25,17 @@ pub struct AdamW {
     cfg: AdamWConfig,
     /// Multiplies every group's lr (set by a schedule).
     lr_factor: f64,
-    /// Per-parameter (step, m, v).
+    /// Per-parameter (step, m, v). The moments are f32 for bf16/f16 parameters.
     state: BTreeMap<String, (u64, Tensor, Tensor)>,
+    /// f32 master copies of bf16/f16 parameters (mixed precision): the update is applied to the
+    /// master and the parameter is its rounding, so small steps are not lost to bf16's precision.
+    masters: BTreeMap<String, Tensor>,
 }
 
 impl AdamW {
     pub fn new(groups: Vec<ParamGroup>, cfg: AdamWConfig) -> Result<AdamW> {
         super::check_groups("AdamW", &groups)?;
-        Ok(AdamW { groups, cfg, lr_factor: 1.0, state: BTreeMap::new() })
+        Ok(AdamW { groups, cfg, lr_factor: 1.0, state: BTreeMap::new(), masters: BTreeMap::new() })
     }
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
@@ -52,16 +55,36 @@ impl AdamW {
             let lr = group.lr * self.lr_factor;
             for (name, p) in &group.params {
                 let Some(grad) = p.grad() else { continue };
-                let entry = self.state.entry(name.clone()).or_insert_with(|| (0, p.zeros_like(), p.zeros_like()));
+                // Half-precision parameters are updated through an f32 master copy.
+                let master = if p.dtype().is_half() {
+                    if !self.masters.contains_key(name) {
+                        self.masters.insert(name.clone(), crate::no_grad(|| p.detach().to_dtype(crate::DType::F32)?.copy())?);
+                    }
+                    Some(self.masters[name].clone())
+                } else {
+                    None
+                };
+                let target = master.as_ref().unwrap_or(p);
+                let entry = match self.state.entry(name.clone()) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert((0, Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?, Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?)),
+                };
                 entry.0 += 1;
                 let h = AdamWStep { lr, beta1: self.cfg.beta1, beta2: self.cfg.beta2, eps: self.cfg.eps, weight_decay: group.weight_decay, step: entry.0 };
                 // A private, contiguous copy of the gradient: it may be a view sharing storage.
-                let grad = grad.to_dtype(p.dtype())?.contiguous()?.detach();
-                let grad = if grad.same_storage(p) { grad.affine(1.0, 0.0)? } else { grad };
+                let grad = grad.to_dtype(target.dtype())?.contiguous()?.detach();
+                let grad = if grad.same_storage(target) { grad.affine(1.0, 0.0)? } else { grad };
                 let (m, v) = (&entry.1, &entry.2);
-                match p.dtype() {
-                    crate::DType::F32 => update::<f32>(p, &grad, m, v, h)?,
-                    _ => update::<f64>(p, &grad, m, v, h)?,
+                if target.device().is_cuda() {
+                    crate::cuda::ops::adamw(target, &grad, m, v, h)?;
+                } else {
+                    match target.dtype() {
+                        crate::DType::F32 => update::<f32>(target, &grad, m, v, h)?,
+                        _ => update::<f64>(target, &grad, m, v, h)?,
+                    }
+                }
+                if let Some(master) = &master {
+                    p.assign(master)?;
                 }
             }
         }
@@ -81,7 +104,10 @@ impl AdamW {
             if m.shape() != p.shape() || v.shape() != p.shape() {
                 return Err(Error::shape_mismatch("AdamW::load_state", p.shape(), m.shape(), format!("moments of `{n}`")));
             }
-            self.state.insert(n, (s, m.to_dtype(p.dtype())?.contiguous()?, v.to_dtype(p.dtype())?.contiguous()?));
+            // Moments live where the parameter lives, in f32 for half-precision parameters.
+            let dt = if p.dtype().is_half() { crate::DType::F32 } else { p.dtype() };
+            let place = |t: Tensor| -> Result<Tensor> { t.to_dtype(dt)?.to_device(p.device())?.copy() };
+            self.state.insert(n, (s, place(m)?, place(v)?));
         }
         Ok(())
     }

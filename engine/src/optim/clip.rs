@@ -8,7 +8,12 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
     let mut total = 0.0f64;
     for p in params {
         if let Some(g) = p.grad() {
-            total += g.to_vec::<f64>()?.iter().map(|v| v * v).sum::<f64>();
+            total += if g.device().is_cuda() {
+                // One scalar per tensor crosses to the host, not the whole gradient.
+                crate::no_grad(|| g.to_dtype(crate::DType::F32)?.square()?.sum_all()?.to_scalar::<f64>())?
+            } else {
+                g.to_vec::<f64>()?.iter().map(|v| v * v).sum::<f64>()
+            };
         }
     }
     let norm = total.sqrt();

@@ -27,13 +27,15 @@ impl ParamGroup {
 }
 
 /// Checks that every parameter of `groups` is trainable and of a dtype the optimiser updates.
+/// AdamW also takes bf16/f16 parameters (mixed precision, through f32 master copies).
 pub(crate) fn check_groups(optimiser: &'static str, groups: &[ParamGroup]) -> Result<()> {
     for g in groups {
         for (n, p) in &g.params {
             if !p.requires_grad() {
                 return Err(Error::Msg(format!("{optimiser}: parameter `{n}` does not require grad (frozen parameters must not be optimised)")));
             }
-            if !matches!(p.dtype(), DType::F32 | DType::F64) {
+            let half_ok = optimiser == "AdamW" && p.dtype().is_half();
+            if !matches!(p.dtype(), DType::F32 | DType::F64) && !half_ok {
                 return Err(Error::UnsupportedDType { op: optimiser, dtype: p.dtype() });
             }
         }

@@ -33,7 +33,12 @@ impl Sgd {
                 let grad = grad.to_dtype(p.dtype())?.contiguous()?.affine(1.0, 0.0)?;
                 let first = !self.buffers.contains_key(name);
                 let buf = self.buffers.entry(name.clone()).or_insert_with(|| p.zeros_like()).clone();
+                let buf = if buf.device() != p.device() { buf.to_device(p.device())? } else { buf };
                 let (mu, wd, nest) = (self.momentum, group.weight_decay, self.nesterov);
+                if p.device().is_cuda() {
+                    crate::cuda::ops::sgd(p, &grad, &buf, lr, mu, wd, nest, first)?;
+                    continue;
+                }
                 macro_rules! go {
                     ($t:ty) => {
                         grad.with_contiguous::<$t, _>("SGD", |gs| {

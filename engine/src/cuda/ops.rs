@@ -1,0 +1,800 @@
+//! Raw CUDA computations on tensors whose storage is on a GPU. Each returns new storage; the
+//! engine's ops (`crate::ops`) wrap them with shapes and autograd, exactly as they wrap the CPU
+//! kernels. Float kernels compute in f32; bf16 is native in copies, elementwise ops and GEMMs.
+use super::{args, CudaStorage, Gpu};
+use crate::layout::Layout;
+use crate::storage::Storage;
+use crate::{DType, Error, Result, Tensor};
+use cudarc::cublas::sys as blas;
+use std::sync::Arc;
+
+const BLOCK: u32 = 256;
+const ROW_BLOCK: u32 = 256;
+
+/// Blocks for `n` threads of `block` (grid-stride loops cover the rest).
+fn grid(n: usize, block: u32) -> u32 {
+    n.div_ceil(block as usize).clamp(1, 1 << 20) as u32
+}
+fn rows_grid(rows: usize) -> u32 {
+    rows.clamp(1, 1 << 20) as u32
+}
+
+/// `#[repr(C)]` twin of `Layout` in kernels/cuda/common.cuh.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct CudaLayout {
+    shape: [i64; 8],
+    stride: [i64; 8],
+    offset: i64,
+    rank: i32,
+}
+
+/// The kernel form of a layout: size-1 dims dropped and mergeable neighbours merged (the map
+/// from row-major position to storage offset is unchanged), at most 8 dims.
+pub(crate) fn cuda_layout(op: &'static str, shape: &[usize], strides: &[usize], offset: usize) -> Result<CudaLayout> {
+    let mut dims: Vec<(usize, usize)> = Vec::new();
+    for (&s, &st) in shape.iter().zip(strides) {
+        if s == 1 {
+            continue;
+        }
+        match dims.last_mut() {
+            Some((ps, pst)) if *pst == st * s => {
+                *ps *= s;
+                *pst = st;
+            }
+            _ => dims.push((s, st)),
+        }
+    }
+    if dims.len() > 8 {
+        return Err(Error::Shape { op, shape: shape.to_vec(), msg: "CUDA kernels take views of at most 8 non-mergeable dimensions; call .contiguous() first".into() });
+    }
+    let mut l = CudaLayout { shape: [1; 8], stride: [0; 8], offset: offset as i64, rank: dims.len() as i32 };
+    for (i, (s, st)) in dims.into_iter().enumerate() {
+        l.shape[i] = s as i64;
+        l.stride[i] = st as i64;
+    }
+    Ok(l)
+}
+
+/// The GPU and storage base address of a CUDA tensor.
+pub(crate) fn parts(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, u64)> {
+    let s = t.storage();
+    match &*s {
+        Storage::Cuda(c) => Ok((c.gpu.clone(), c.ptr)),
+        Storage::Cpu(_) => Err(Error::Msg(format!("{op}: expected a CUDA tensor, got one on the CPU"))),
+    }
+}
+
+fn dtype_tag(op: &'static str, d: DType) -> Result<&'static str> {
+    Ok(match d {
+        DType::F32 => "f32",
+        DType::BF16 => "bf16",
+        DType::I64 => "i64",
+        d => return Err(Error::UnsupportedDType { op, dtype: d }),
+    })
+}
+
+/// Kernel names are `&'static str`: look up `prefix_tag` in a fixed table.
+fn kname(op: &'static str, table: &[(&'static str, &'static str)], tag: &str) -> Result<&'static str> {
+    table.iter().find(|(t, _)| *t == tag).map(|(_, n)| *n).ok_or_else(|| Error::Msg(format!("{op}: no CUDA kernel for {tag}")))
+}
+
+/// Device address of a CUDA tensor's contiguous elements, copying to fresh storage when the
+/// tensor is a strided view. The returned storage (if any) must outlive the use of the address.
+pub(crate) fn contig(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, u64, Option<CudaStorage>)> {
+    let (gpu, base) = parts(t, op)?;
+    if t.is_contiguous() {
+        return Ok((gpu, base + (t.layout().offset * t.dtype().size_in_bytes()) as u64, None));
+    }
+    let s = cast(t, t.dtype())?;
+    Ok((gpu, s.ptr, Some(s)))
+}
+
+// ---- copies and fills ------------------------------------------------------------------------
+
+/// `t`'s elements in row-major order as new contiguous storage of `dtype`.
+pub(crate) fn cast(t: &Tensor, dtype: DType) -> Result<CudaStorage> {
+    const OP: &str = "to_dtype";
+    let (gpu, base) = parts(t, OP)?;
+    let out = CudaStorage::alloc(&gpu, dtype, t.numel())?;
+    let n = t.numel();
+    if n == 0 {
+        return Ok(out);
+    }
+    let l = t.layout();
+    if t.is_contiguous() && dtype == t.dtype() {
+        gpu.copy_d2d(out.ptr, base + (l.offset * dtype.size_in_bytes()) as u64, n * dtype.size_in_bytes())?;
+        return Ok(out);
+    }
+    let src = cuda_layout(OP, &l.shape, &l.strides, l.offset)?;
+    let dst = cuda_layout(OP, &[n], &[1], 0)?;
+    copy_kernel(&gpu, t.dtype(), dtype, n, src, base, dst, out.ptr)?;
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn copy_kernel(gpu: &Gpu, from: DType, to: DType, n: usize, ls: CudaLayout, src: u64, ld: CudaLayout, dst: u64) -> Result<()> {
+    const OP: &str = "copy";
+    let name = match (from, to) {
+        (DType::F32, DType::F32) => "copy_f32_f32",
+        (DType::BF16, DType::BF16) => "copy_bf16_bf16",
+        (DType::I64, DType::I64) => "copy_i64_i64",
+        (DType::F32, DType::BF16) => "copy_f32_bf16",
+        (DType::BF16, DType::F32) => "copy_bf16_f32",
+        (DType::I64, DType::F32) => "copy_i64_f32",
+        (DType::I64, DType::BF16) => "copy_i64_bf16",
+        (DType::F32, DType::I64) => "copy_f32_i64",
+        (DType::BF16, DType::I64) => "copy_bf16_i64",
+        (a, b) => return Err(Error::Msg(format!("{OP}: no CUDA conversion from {a} to {b}"))),
+    };
+    gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, ls, src, ld, dst])
+}
+
+/// Writes `src` (any layout, converted to `dst`'s dtype) into the strided view `dst` in place.
+pub(crate) fn copy_into(dst: &Tensor, src: &Tensor) -> Result<()> {
+    const OP: &str = "assign";
+    let (gpu, db) = parts(dst, OP)?;
+    let (_, sb) = parts(src, OP)?;
+    let n = dst.numel();
+    if n == 0 {
+        return Ok(());
+    }
+    let (ls, ld) = (src.layout(), dst.layout());
+    let ls = cuda_layout(OP, &ls.shape, &ls.strides, ls.offset)?;
+    let ld = cuda_layout(OP, &ld.shape, &ld.strides, ld.offset)?;
+    copy_kernel(&gpu, src.dtype(), dst.dtype(), n, ls, sb, ld, db)
+}
+
+/// `n` elements of `dtype` set to `value`.
+pub(crate) fn fill(gpu: &Arc<Gpu>, dtype: DType, n: usize, value: f64) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(gpu, dtype, n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let g = grid(n, BLOCK);
+    match dtype {
+        DType::F32 => gpu.launch("elementwise", "fill_f32", g, BLOCK, &mut args![n as i64, value as f32, out.ptr])?,
+        DType::BF16 => gpu.launch("elementwise", "fill_bf16", g, BLOCK, &mut args![n as i64, value as f32, out.ptr])?,
+        DType::I64 => gpu.launch("elementwise", "fill_i64", g, BLOCK, &mut args![n as i64, value as i64, out.ptr])?,
+        d => return Err(Error::UnsupportedDType { op: "full", dtype: d }),
+    }
+    Ok(out)
+}
+
+/// Contiguous f32 device-to-device copy by our own kernel (the bandwidth reference).
+pub(crate) fn copy_f32_kernel(src: &Tensor) -> Result<CudaStorage> {
+    let (gpu, p, _keep) = contig(src, "copy")?;
+    let n = src.numel();
+    let out = CudaStorage::alloc(&gpu, DType::F32, n)?;
+    gpu.launch("elementwise", "copy_f32_contig", grid(n / 4 + 1, BLOCK), BLOCK, &mut args![n as i64, p, out.ptr])?;
+    Ok(out)
+}
+
+// ---- elementwise -----------------------------------------------------------------------------
+
+/// Op code and scalars of a unary op (the order of `UnaryOp`, mirrored in elementwise.cu).
+fn unary_code(op: flamingo_kernels::cpu::elementwise::UnaryOp) -> (i32, f32, f32) {
+    use flamingo_kernels::cpu::elementwise::UnaryOp as U;
+    match op {
+        U::Neg => (0, 0.0, 0.0),
+        U::Exp => (1, 0.0, 0.0),
+        U::Log => (2, 0.0, 0.0),
+        U::Sqrt => (3, 0.0, 0.0),
+        U::Rsqrt => (4, 0.0, 0.0),
+        U::Tanh => (5, 0.0, 0.0),
+        U::Sigmoid => (6, 0.0, 0.0),
+        U::Relu => (7, 0.0, 0.0),
+        U::Gelu => (8, 0.0, 0.0),
+        U::GeluTanh => (9, 0.0, 0.0),
+        U::Silu => (10, 0.0, 0.0),
+        U::Square => (11, 0.0, 0.0),
+        U::Abs => (12, 0.0, 0.0),
+        U::Powf(p) => (13, p as f32, 0.0),
+        U::Affine(a, b) => (14, a as f32, b as f32),
+    }
+}
+
+pub(crate) fn unary(op: flamingo_kernels::cpu::elementwise::UnaryOp, x: &Tensor) -> Result<CudaStorage> {
+    const OP: &str = "unary";
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let n = x.numel();
+    let out = CudaStorage::alloc(&gpu, x.dtype(), n)?;
+    let (code, p0, p1) = unary_code(op);
+    let name = kname(OP, &[("f32", "unary_f32"), ("bf16", "unary_bf16")], dtype_tag(OP, x.dtype())?)?;
+    if n > 0 {
+        gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, p0, p1, xp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn unary_backward(op: flamingo_kernels::cpu::elementwise::UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<CudaStorage> {
+    const OP: &str = "unary_backward";
+    let (gpu, xp, _kx) = contig(x, OP)?;
+    let (_, yp, _ky) = contig(y, OP)?;
+    let g = if g.dtype() != x.dtype() { g.to_dtype(x.dtype())? } else { g.clone() };
+    let (_, gp, _kg) = contig(&g, OP)?;
+    let n = x.numel();
+    let out = CudaStorage::alloc(&gpu, x.dtype(), n)?;
+    let (code, p0, _) = unary_code(op);
+    let name = kname(OP, &[("f32", "unary_bwd_f32"), ("bf16", "unary_bwd_bf16")], dtype_tag(OP, x.dtype())?)?;
+    if n > 0 {
+        gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, p0, xp, yp, gp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+/// Binary op codes: add 0, sub 1, mul 2, div 3, max 4, min 5, gt 6, ge 7, lt 8, eq 9.
+pub(crate) fn binary(code: i32, a: &Tensor, b: &Tensor, shape: &[usize], op: &'static str) -> Result<CudaStorage> {
+    let (gpu, ab) = parts(a, op)?;
+    let (_, bb) = parts(b, op)?;
+    let n: usize = shape.iter().product();
+    let out = CudaStorage::alloc(&gpu, a.dtype(), n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let tag = dtype_tag(op, a.dtype())?;
+    if a.is_contiguous() && b.is_contiguous() && a.shape() == shape && b.shape() == shape {
+        let sz = a.dtype().size_in_bytes() as u64;
+        let name = kname(op, &[("f32", "binary_contig_f32"), ("bf16", "binary_contig_bf16")], tag)?;
+        let (pa, pb) = (ab + a.layout().offset as u64 * sz, bb + b.layout().offset as u64 * sz);
+        return gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, pa, pb, out.ptr]).map(|_| out);
+    }
+    let la = a.layout().broadcast_to(shape, op)?;
+    let lb = b.layout().broadcast_to(shape, op)?;
+    let la = cuda_layout(op, &la.shape, &la.strides, la.offset)?;
+    let lb = cuda_layout(op, &lb.shape, &lb.strides, lb.offset)?;
+    let name = kname(op, &[("f32", "binary_f32"), ("bf16", "binary_bf16")], tag)?;
+    gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, la, ab, lb, bb, out.ptr])?;
+    Ok(out)
+}
+
+/// `cond != 0 ? a : b`, all broadcast to `shape`.
+pub(crate) fn select(c: &Tensor, a: &Tensor, b: &Tensor, shape: &[usize]) -> Result<CudaStorage> {
+    const OP: &str = "where_cond";
+    let (gpu, cb) = parts(c, OP)?;
+    let (_, ab) = parts(a, OP)?;
+    let (_, bb) = parts(b, OP)?;
+    let n: usize = shape.iter().product();
+    let out = CudaStorage::alloc(&gpu, a.dtype(), n)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let lay = |t: &Tensor| -> Result<CudaLayout> {
+        let l: Layout = t.layout().broadcast_to(shape, OP)?;
+        cuda_layout(OP, &l.shape, &l.strides, l.offset)
+    };
+    let (lc, la, lb) = (lay(c)?, lay(a)?, lay(b)?);
+    let name = kname(OP, &[("f32", "select_f32"), ("bf16", "select_bf16")], dtype_tag(OP, a.dtype())?)?;
+    gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, lc, cb, la, ab, lb, bb, out.ptr])?;
+    Ok(out)
+}
+
+/// Inverted-dropout mask (0 or 1/(1−p)) of `n` f32 from a counter-based hash of `seed`.
+pub(crate) fn dropout_mask(gpu: &Arc<Gpu>, n: usize, seed: u64, p: f64) -> Result<CudaStorage> {
+    let out = CudaStorage::alloc(gpu, DType::F32, n)?;
+    if n > 0 {
+        let keep = (1.0 / (1.0 - p)) as f32;
+        gpu.launch("elementwise", "dropout_mask_f32", grid(n, BLOCK), BLOCK, &mut args![n as i64, seed, p as f32, keep, out.ptr])?;
+    }
+    Ok(out)
+}
+
+// ---- reductions ------------------------------------------------------------------------------
+
+fn f32_only(op: &'static str, t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::UnsupportedDType { op, dtype: t.dtype() });
+    }
+    Ok(())
+}
+
+/// Sum of contiguous `[outer, n, inner]` over the middle axis (f32).
+pub(crate) fn sum_mid(x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<CudaStorage> {
+    const OP: &str = "sum";
+    f32_only(OP, x)?;
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let out = CudaStorage::alloc(&gpu, DType::F32, outer * inner)?;
+    if outer * inner == 0 {
+        return Ok(out);
+    }
+    if n == 0 {
+        gpu.zero(out.ptr, outer * inner * 4)?;
+    } else if inner == 1 {
+        gpu.launch("reduce", "sum_rows_f32", rows_grid(outer), ROW_BLOCK, &mut args![outer as i64, n as i64, xp, out.ptr])?;
+    } else {
+        gpu.launch("reduce", "sum_mid_f32", grid(outer * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, xp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+/// Max over the middle axis and the (i64) index of its first occurrence.
+pub(crate) fn max_mid(x: &Tensor, outer: usize, n: usize, inner: usize) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "max";
+    f32_only(OP, x)?;
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let vals = CudaStorage::alloc(&gpu, DType::F32, outer * inner)?;
+    let arg = CudaStorage::alloc(&gpu, DType::I64, outer * inner)?;
+    if outer * inner > 0 {
+        gpu.launch("reduce", "max_mid_f32", grid(outer * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, xp, vals.ptr, arg.ptr])?;
+    }
+    Ok((vals, arg))
+}
+
+/// Scatters `g [outer, inner]` to the argmax positions of a zeroed `[outer, n, inner]`.
+pub(crate) fn max_backward(g: &Tensor, arg: &Tensor, outer: usize, n: usize, inner: usize) -> Result<CudaStorage> {
+    const OP: &str = "max_backward";
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (gpu, gp, _kg) = contig(&g, OP)?;
+    let (_, ap, _ka) = contig(arg, OP)?;
+    let dx = CudaStorage::zeros(&gpu, DType::F32, outer * n * inner)?;
+    if outer * inner > 0 {
+        gpu.launch("reduce", "max_backward_f32", grid(outer * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, gp, ap, dx.ptr])?;
+    }
+    Ok(dx)
+}
+
+// ---- softmax, layer norm, cross-entropy ------------------------------------------------------
+
+pub(crate) fn softmax_rows(x: &Tensor, n: usize, log: bool) -> Result<CudaStorage> {
+    const OP: &str = "softmax";
+    f32_only(OP, x)?;
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let rows = x.numel() / n.max(1);
+    let out = CudaStorage::alloc(&gpu, DType::F32, x.numel())?;
+    if rows > 0 && n > 0 {
+        gpu.launch("softmax", "softmax_rows_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, log as i32, xp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+pub(crate) fn softmax_rows_backward(y: &Tensor, g: &Tensor, n: usize, log: bool) -> Result<CudaStorage> {
+    const OP: &str = "softmax_backward";
+    let (gpu, yp, _ky) = contig(y, OP)?;
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (_, gp, _kg) = contig(&g, OP)?;
+    let rows = y.numel() / n.max(1);
+    let out = CudaStorage::alloc(&gpu, DType::F32, y.numel())?;
+    if rows > 0 && n > 0 {
+        gpu.launch("softmax", "softmax_rows_bwd_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, log as i32, yp, gp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+/// Layer norm over rows of `n`: `(y, mean, rstd)`.
+pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, n: usize, eps: f64) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    const OP: &str = "layer_norm";
+    f32_only(OP, x)?;
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let (_, wp, _kw) = contig(w, OP)?;
+    let (_, bp, _kb) = contig(b, OP)?;
+    let rows = x.numel() / n.max(1);
+    let y = CudaStorage::alloc(&gpu, DType::F32, x.numel())?;
+    let mean = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    let rstd = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    if rows > 0 && n > 0 {
+        gpu.launch("norm", "layer_norm_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, eps as f32, xp, wp, bp, y.ptr, mean.ptr, rstd.ptr])?;
+    }
+    Ok((y, mean, rstd))
+}
+
+/// Layer-norm backward: `(dx if want_dx, (dw, db) if want_params)`.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn layer_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, mean: &CudaStorage, rstd: &CudaStorage, n: usize, want_dx: bool, want_params: bool) -> Result<(Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>)> {
+    const OP: &str = "layer_norm_backward";
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (_, gp, _kg) = contig(&g, OP)?;
+    let (_, wp, _kw) = contig(w, OP)?;
+    let rows = x.numel() / n.max(1);
+    let dx = if want_dx {
+        let dx = CudaStorage::alloc(&gpu, DType::F32, x.numel())?;
+        if rows > 0 && n > 0 {
+            gpu.launch("norm", "layer_norm_bwd_dx_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, xp, gp, wp, mean.ptr, rstd.ptr, dx.ptr])?;
+        }
+        Some(dx)
+    } else {
+        None
+    };
+    let params = if want_params {
+        let dw = CudaStorage::alloc(&gpu, DType::F32, n)?;
+        let db = CudaStorage::alloc(&gpu, DType::F32, n)?;
+        if n > 0 {
+            gpu.launch("norm", "layer_norm_bwd_params_f32", grid(n, BLOCK), BLOCK, &mut args![rows as i64, n as i64, xp, gp, mean.ptr, rstd.ptr, dw.ptr, db.ptr])?;
+        }
+        Some((dw, db))
+    } else {
+        None
+    };
+    Ok((dx, params))
+}
+
+/// Mean cross-entropy over non-ignored rows: `(scalar mean, per-row lse)`. `targets` holds
+/// validated class indices with −1 for ignored rows.
+pub(crate) fn cross_entropy(x: &Tensor, targets: &CudaStorage, v: usize, smoothing: f64, count: usize) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "cross_entropy";
+    f32_only(OP, x)?;
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let rows = x.numel() / v.max(1);
+    let losses = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    let lse = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    let mean = CudaStorage::alloc(&gpu, DType::F32, 1)?;
+    if rows > 0 {
+        gpu.launch("loss", "cross_entropy_rows_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, v as i64, smoothing as f32, xp, targets.ptr, losses.ptr, lse.ptr])?;
+    }
+    let inv = if count == 0 { f32::NAN } else { 1.0 / count as f32 };
+    gpu.launch("loss", "mean_of_f32", 1, 1024, &mut args![rows as i64, inv, losses.ptr, mean.ptr])?;
+    Ok((mean, lse))
+}
+
+pub(crate) fn cross_entropy_backward(x: &Tensor, targets: &CudaStorage, lse: &CudaStorage, g: &Tensor, v: usize, smoothing: f64, count: usize) -> Result<CudaStorage> {
+    const OP: &str = "cross_entropy_backward";
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (_, gp, _kg) = contig(&g, OP)?;
+    let rows = x.numel() / v.max(1);
+    let dx = CudaStorage::alloc(&gpu, DType::F32, x.numel())?;
+    let inv = if count == 0 { f32::NAN } else { 1.0 / count as f32 };
+    if x.numel() > 0 {
+        gpu.launch("loss", "cross_entropy_rows_bwd_f32", grid(x.numel(), BLOCK), BLOCK, &mut args![rows as i64, v as i64, smoothing as f32, inv, xp, targets.ptr, lse.ptr, gp, dx.ptr])?;
+    }
+    Ok(dx)
+}
+
+// ---- indexing --------------------------------------------------------------------------------
+
+/// `out[o, j, c] = x[o, idx[j], c]` (indices already validated).
+pub(crate) fn index_select_mid(x: &Tensor, outer: usize, n: usize, inner: usize, idx: &CudaStorage) -> Result<CudaStorage> {
+    const OP: &str = "index_select";
+    let (gpu, xp, _k) = contig(x, OP)?;
+    let k = idx.len;
+    let out = CudaStorage::alloc(&gpu, x.dtype(), outer * k * inner)?;
+    let name = kname(OP, &[("f32", "index_select_f32"), ("bf16", "index_select_bf16"), ("i64", "index_select_i64")], dtype_tag(OP, x.dtype())?)?;
+    if outer * k * inner > 0 {
+        gpu.launch("index", name, grid(outer * k * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, k as i64, xp, idx.ptr, out.ptr])?;
+    }
+    Ok(out)
+}
+
+/// `dx[o, idx[j], c] += g[o, j, c]` into zeros (f32).
+pub(crate) fn index_add_mid(g: &Tensor, outer: usize, n: usize, inner: usize, idx: &CudaStorage) -> Result<CudaStorage> {
+    const OP: &str = "index_select_backward";
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (gpu, gp, _k) = contig(&g, OP)?;
+    let k = idx.len;
+    let dx = CudaStorage::zeros(&gpu, DType::F32, outer * n * inner)?;
+    if outer * k * inner > 0 {
+        gpu.launch("index", "index_add_f32", grid(outer * k * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, k as i64, gp, idx.ptr, dx.ptr])?;
+    }
+    Ok(dx)
+}
+
+/// Uploads host indices as i64 device storage.
+pub(crate) fn upload_i64(gpu: &Arc<Gpu>, v: &[i64]) -> Result<CudaStorage> {
+    let s = CudaStorage::alloc(gpu, DType::I64, v.len())?;
+    gpu.upload(s.ptr, v)?;
+    Ok(s)
+}
+
+// ---- GEMM ------------------------------------------------------------------------------------
+
+/// One operand of a row-major GEMM: a matrix stored row-major with leading dimension `ld`, used
+/// as is (`trans = false`) or transposed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MatOperand {
+    pub ptr: u64,
+    pub trans: bool,
+    pub ld: usize,
+    /// Elements between consecutive batch entries (0 = the same matrix for every entry).
+    pub batch_stride: usize,
+}
+
+/// Row-major `C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b]` for `batch` entries, `C` `[m, n]` with
+/// leading dimension `ldc`, through cuBLAS (f32, or bf16 with f32 accumulation).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm(gpu: &Gpu, dtype: DType, m: usize, n: usize, k: usize, a: MatOperand, b: MatOperand, c: u64, ldc: usize, c_stride: usize, batch: usize, beta: f32) -> Result<()> {
+    if m == 0 || n == 0 || batch == 0 {
+        return Ok(());
+    }
+    let h = gpu.blas()?;
+    let (ty, compute) = match dtype {
+        DType::F32 => (
+            blas::cudaDataType::CUDA_R_32F,
+            if std::env::var("FLAMINGO_TF32").map(|v| v == "1").unwrap_or(false) { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F },
+        ),
+        DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        d => return Err(Error::UnsupportedDType { op: "matmul", dtype: d }),
+    };
+    let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
+    let alpha = 1.0f32;
+    let to_i32 = |v: usize, what: &str| i32::try_from(v).map_err(|_| Error::Msg(format!("matmul: {what} = {v} is too large for cuBLAS")));
+    // Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands.
+    gpu.bind()?;
+    // SAFETY: pointers come from live device buffers sized for these shapes by the callers.
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            h,
+            op(b.trans),
+            op(a.trans),
+            to_i32(n, "n")?,
+            to_i32(m, "m")?,
+            to_i32(k, "k")?,
+            &alpha as *const f32 as *const _,
+            b.ptr as *const _,
+            ty,
+            to_i32(b.ld.max(1), "ldb")?,
+            b.batch_stride as i64,
+            a.ptr as *const _,
+            ty,
+            to_i32(a.ld.max(1), "lda")?,
+            a.batch_stride as i64,
+            &beta as *const f32 as *const _,
+            c as *mut _,
+            ty,
+            to_i32(ldc.max(1), "ldc")?,
+            c_stride as i64,
+            to_i32(batch, "batch")?,
+            compute,
+            blas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| Error::Msg(format!("cuda:{}: cuBLAS GEMM [{m}×{k}]·[{k}×{n}] × {batch} ({dtype}) failed: {e:?}", gpu.info.ordinal)))
+}
+
+/// How a `[r, c]` matrix view with strides `(rs, cs)` can be handed to cuBLAS, if it can.
+fn as_operand(r: usize, c: usize, rs: usize, cs: usize) -> Option<(bool, usize)> {
+    let cs = if c == 1 { 1 } else { cs };
+    let rs = if r == 1 { c.max(1) } else { rs };
+    if cs == 1 && rs >= c.max(1) {
+        Some((false, rs))
+    } else if rs == 1 && cs >= r.max(1) {
+        Some((true, cs))
+    } else {
+        None
+    }
+}
+
+/// Batched matmul `[batch.., m, k] × [batch.., k, n]` (batch dims broadcast) of CUDA tensors.
+pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize, n: usize) -> Result<CudaStorage> {
+    const OP: &str = "matmul";
+    let (gpu, _) = parts(a, OP)?;
+    let dtype = a.dtype();
+    let nb: usize = batch.iter().product();
+    let out = CudaStorage::alloc(&gpu, dtype, nb * m * n)?;
+    if nb * m * n == 0 {
+        return Ok(out);
+    }
+    if k == 0 {
+        gpu.zero(out.ptr, nb * m * n * dtype.size_in_bytes())?;
+        return Ok(out);
+    }
+    // Each operand: a cuBLAS-compatible view with evenly spaced batch entries, or a contiguous copy.
+    let operand = |t: &Tensor| -> Result<(MatOperand, Option<CudaStorage>)> {
+        let r = t.rank();
+        let (rows, cols) = (t.shape()[r - 2], t.shape()[r - 1]);
+        let bl = Layout { shape: t.shape()[..r - 2].to_vec(), strides: t.strides()[..r - 2].to_vec(), offset: t.layout().offset }.broadcast_to(batch, OP)?;
+        // Evenly spaced batch offsets: a single stride over the flattened batch (or none).
+        let cl = cuda_layout(OP, &bl.shape, &bl.strides, 0)?;
+        let even = match cl.rank {
+            0 => Some(0usize),
+            1 => Some(cl.stride[0] as usize),
+            _ => None,
+        };
+        let view = as_operand(rows, cols, t.strides()[r - 2], t.strides()[r - 1]);
+        let (gpu_t, base) = parts(t, OP)?;
+        let sz = dtype.size_in_bytes() as u64;
+        match (view, even) {
+            (Some((trans, ld)), Some(bs)) => Ok((MatOperand { ptr: base + bl.offset as u64 * sz, trans, ld, batch_stride: bs }, None)),
+            _ => {
+                // Materialise the broadcast batch contiguously.
+                let mut full_shape = batch.to_vec();
+                full_shape.extend_from_slice(&[rows, cols]);
+                let s = cast(&t.broadcast_as(&full_shape)?, dtype)?;
+                let _ = gpu_t;
+                Ok((MatOperand { ptr: s.ptr, trans: false, ld: cols, batch_stride: rows * cols }, Some(s)))
+            }
+        }
+    };
+    let (oa, _ka) = operand(a)?;
+    let (ob, _kb) = operand(b)?;
+    gemm(&gpu, dtype, m, n, k, oa, ob, out.ptr, n, m * n, nb, 0.0)?;
+    Ok(out)
+}
+
+// ---- convolution and pooling -----------------------------------------------------------------
+
+/// `#[repr(C)]` twin of `ConvGeom` in kernels/cuda/conv.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConvGeomC {
+    n: i64,
+    c: i64,
+    h: i64,
+    w: i64,
+    o: i64,
+    kh: i64,
+    kw: i64,
+    sh: i64,
+    sw: i64,
+    pt: i64,
+    pb: i64,
+    pl: i64,
+    pr: i64,
+    groups: i64,
+    ho: i64,
+    wo: i64,
+}
+
+fn geom_c(g: &flamingo_kernels::cpu::conv::ConvGeom) -> ConvGeomC {
+    let i = |v: usize| v as i64;
+    ConvGeomC {
+        n: i(g.n),
+        c: i(g.c),
+        h: i(g.h),
+        w: i(g.w),
+        o: i(g.o),
+        kh: i(g.kh),
+        kw: i(g.kw),
+        sh: i(g.stride.0),
+        sw: i(g.stride.1),
+        pt: i(g.pad.0),
+        pb: i(g.pad.1),
+        pl: i(g.pad.2),
+        pr: i(g.pad.3),
+        groups: i(g.groups),
+        ho: i(g.ho()),
+        wo: i(g.wo()),
+    }
+}
+
+/// im2col of every image for group `gi`: `[n, K, L]` with K = c/groups·kh·kw, L = ho·wo.
+fn im2col(gpu: &Arc<Gpu>, q: ConvGeomC, gi: usize, xp: u64) -> Result<CudaStorage> {
+    let (k, l) = ((q.c / q.groups * q.kh * q.kw) as usize, (q.ho * q.wo) as usize);
+    let col = CudaStorage::alloc(gpu, DType::F32, q.n as usize * k * l)?;
+    gpu.launch("conv", "im2col_f32", grid(col.len, BLOCK), BLOCK, &mut args![q, gi as i64, xp, col.ptr])?;
+    Ok(col)
+}
+
+/// Forward convolution (f32): im2col + one batched GEMM per group, bias in a second pass.
+pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+    const OP: &str = "conv2d";
+    f32_only(OP, x)?;
+    let (gpu, xp, _kx) = contig(x, OP)?;
+    let (_, wp, _kw) = contig(w, OP)?;
+    let q = geom_c(geo);
+    let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
+    let out = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.o * l)?;
+    for gi in 0..geo.groups {
+        let col = im2col(&gpu, q, gi, xp)?;
+        // out[n, gi·og.., :] = W_g [og, K] · col_n [K, L]
+        let a = MatOperand { ptr: wp + (gi * og * k * 4) as u64, trans: false, ld: k, batch_stride: 0 };
+        let b = MatOperand { ptr: col.ptr, trans: false, ld: l, batch_stride: k * l };
+        gemm(&gpu, DType::F32, og, l, k, a, b, out.ptr + (gi * og * l * 4) as u64, l, geo.o * l, geo.n, 0.0)?;
+    }
+    if let Some(b) = bias {
+        let (_, bp, _kb) = contig(b, OP)?;
+        gpu.launch("conv", "add_channel_bias_f32", grid(out.len, BLOCK), BLOCK, &mut args![geo.n as i64, geo.o as i64, l as i64, bp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+/// dx of a convolution: per group, dcol = W_gᵀ·dy (batched), then col2im.
+pub(crate) fn conv2d_backward_input(g: &Tensor, w: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+    const OP: &str = "conv2d_backward";
+    let (gpu, gp, _kg) = contig(g, OP)?;
+    let (_, wp, _kw) = contig(w, OP)?;
+    let q = geom_c(geo);
+    let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
+    let dx = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.c * geo.h * geo.w)?;
+    let dcol = CudaStorage::alloc(&gpu, DType::F32, geo.n * k * l)?;
+    for gi in 0..geo.groups {
+        let a = MatOperand { ptr: wp + (gi * og * k * 4) as u64, trans: true, ld: k, batch_stride: 0 };
+        let b = MatOperand { ptr: gp + (gi * og * l * 4) as u64, trans: false, ld: l, batch_stride: geo.o * l };
+        gemm(&gpu, DType::F32, k, l, og, a, b, dcol.ptr, l, k * l, geo.n, 0.0)?;
+        let cg = geo.c / geo.groups;
+        gpu.launch("conv", "col2im_f32", grid(geo.n * cg * geo.h * geo.w, BLOCK), BLOCK, &mut args![q, gi as i64, dcol.ptr, dx.ptr])?;
+    }
+    Ok(dx)
+}
+
+/// dW of a convolution: per group and image, dW_g += dy_n,g · col_nᵀ.
+pub(crate) fn conv2d_backward_weight(x: &Tensor, g: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+    const OP: &str = "conv2d_backward";
+    let (gpu, xp, _kx) = contig(x, OP)?;
+    let (_, gp, _kg) = contig(g, OP)?;
+    let q = geom_c(geo);
+    let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
+    let dw = CudaStorage::alloc(&gpu, DType::F32, geo.o * k)?;
+    for gi in 0..geo.groups {
+        let col = im2col(&gpu, q, gi, xp)?;
+        for ni in 0..geo.n {
+            let a = MatOperand { ptr: gp + ((ni * geo.o + gi * og) * l * 4) as u64, trans: false, ld: l, batch_stride: 0 };
+            let b = MatOperand { ptr: col.ptr + (ni * k * l * 4) as u64, trans: true, ld: l, batch_stride: 0 };
+            gemm(&gpu, DType::F32, og, k, l, a, b, dw.ptr + (gi * og * k * 4) as u64, k, 0, 1, if ni == 0 { 0.0 } else { 1.0 })?;
+        }
+    }
+    Ok(dw)
+}
+
+/// Average pooling of `[planes, h, w]` (f32), and its backward.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn avg_pool2d(x: &Tensor, planes: usize, h: usize, w: usize, kernel: (usize, usize), stride: (usize, usize), ho: usize, wo: usize, backward: bool) -> Result<CudaStorage> {
+    const OP: &str = "avg_pool2d";
+    let x = if x.dtype() != DType::F32 { x.to_dtype(DType::F32)? } else { x.clone() };
+    let (gpu, xp, _k) = contig(&x, OP)?;
+    let n_out = if backward { planes * h * w } else { planes * ho * wo };
+    let out = CudaStorage::alloc(&gpu, DType::F32, n_out)?;
+    let name = if backward { "avg_pool2d_bwd_f32" } else { "avg_pool2d_f32" };
+    let i = |v: usize| v as i64;
+    if n_out > 0 {
+        gpu.launch("conv", name, grid(n_out, BLOCK), BLOCK, &mut args![i(planes), i(h), i(w), i(kernel.0), i(kernel.1), i(stride.0), i(stride.1), i(ho), i(wo), xp, out.ptr])?;
+    }
+    Ok(out)
+}
+
+// ---- optimisers ------------------------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AdamWHyper {
+    step_size: f32,
+    bc2_sqrt: f32,
+    decay: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
+}
+
+/// In-place AdamW on contiguous f32 CUDA tensors `p`, `m`, `v` with gradient `g`.
+pub(crate) fn adamw(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, h: flamingo_kernels::cpu::optim::AdamWStep) -> Result<()> {
+    const OP: &str = "AdamW";
+    for t in [p, m, v] {
+        f32_only(OP, t)?;
+        if !t.is_contiguous() {
+            return Err(Error::shape(OP, t.shape(), "optimiser state must be contiguous"));
+        }
+    }
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (gpu, gp, _kg) = contig(&g, OP)?;
+    let ptr = |t: &Tensor| -> Result<u64> { Ok(parts(t, OP)?.1 + (t.layout().offset * 4) as u64) };
+    let bc1 = 1.0 - h.beta1.powi(h.step as i32);
+    let bc2 = 1.0 - h.beta2.powi(h.step as i32);
+    let hy = AdamWHyper {
+        step_size: (h.lr / bc1) as f32,
+        bc2_sqrt: bc2.sqrt() as f32,
+        decay: (1.0 - h.lr * h.weight_decay) as f32,
+        beta1: h.beta1 as f32,
+        beta2: h.beta2 as f32,
+        eps: h.eps as f32,
+    };
+    let n = p.numel();
+    if n > 0 {
+        gpu.launch("optim", "adamw_f32", grid(n, BLOCK), BLOCK, &mut args![n as i64, hy, ptr(p)?, gp, ptr(m)?, ptr(v)?])?;
+    }
+    Ok(())
+}
+
+/// In-place SGD with momentum on contiguous f32 CUDA tensors.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sgd(p: &Tensor, g: &Tensor, buf: &Tensor, lr: f64, momentum: f64, weight_decay: f64, nesterov: bool, first: bool) -> Result<()> {
+    const OP: &str = "SGD";
+    for t in [p, buf] {
+        f32_only(OP, t)?;
+        if !t.is_contiguous() {
+            return Err(Error::shape(OP, t.shape(), "optimiser state must be contiguous"));
+        }
+    }
+    let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
+    let (gpu, gp, _kg) = contig(&g, OP)?;
+    let ptr = |t: &Tensor| -> Result<u64> { Ok(parts(t, OP)?.1 + (t.layout().offset * 4) as u64) };
+    let n = p.numel();
+    if n > 0 {
+        gpu.launch(
+            "optim",
+            "sgd_f32",
+            grid(n, BLOCK),
+            BLOCK,
+            &mut args![n as i64, lr as f32, momentum as f32, weight_decay as f32, nesterov as i32, first as i32, ptr(p)?, gp, ptr(buf)?],
+        )?;
+    }
+    Ok(())
+}
