@@ -11,6 +11,7 @@ use flamingo_engine::{no_grad, DType, Rng, Tensor};
 use serde::Serialize;
 use std::time::Instant;
 
+pub mod cuda_suite;
 pub mod model_suite;
 pub mod suites;
 
@@ -24,6 +25,9 @@ pub struct BenchRow {
     pub shape: String,
     pub median_ms: f64,
     pub gflops: f64,
+    /// Bytes read plus written per second / 1e9, for memory-bound cases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gbps: Option<f64>,
 }
 
 /// A prepared case: `run` performs one call of the measured work.
@@ -62,6 +66,9 @@ pub fn time_median_ms(f: &mut dyn FnMut(), quick: bool) -> f64 {
 
 /// Runs a named suite (optionally only some cases) and returns one row per case.
 pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progress: impl FnMut(&str)) -> Result<Vec<BenchRow>, String> {
+    if suite == "cuda" {
+        return cuda_suite::run(flamingo_engine::Device::best(), cases, quick, progress);
+    }
     let all = suites::cases(suite)?;
     if let Some(want) = cases {
         for w in want {
@@ -88,6 +95,7 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
             shape: c.shape.clone(),
             median_ms: ms,
             gflops: c.flops / (ms * 1e6),
+            gbps: None,
         });
     }
     Ok(rows)
@@ -95,9 +103,10 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
 
 /// Formats rows as an aligned table.
 pub fn table(rows: &[BenchRow]) -> String {
-    let mut s = format!("{:<18} {:<6} {:<5} {:<16} {:>11} {:>10}\n", "case", "device", "dtype", "shape", "median_ms", "gflops");
+    let mut s = format!("{:<18} {:<6} {:<5} {:<16} {:>11} {:>10} {:>8}\n", "case", "device", "dtype", "shape", "median_ms", "gflops", "GB/s");
     for r in rows {
-        s += &format!("{:<18} {:<6} {:<5} {:<16} {:>11.4} {:>10.3}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops);
+        let gbps = r.gbps.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
+        s += &format!("{:<18} {:<6} {:<5} {:<16} {:>11.4} {:>10.3} {:>8}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops, gbps);
     }
     s
 }

@@ -6,6 +6,11 @@ use std::process::ExitCode;
 #[derive(Parser)]
 #[command(name = "flamingo", version, about = "Flamingo in Rust on our own tensor engine")]
 struct Cli {
+    /// Where to compute: cpu, cuda, cuda:N or auto (default: $FLAMINGO_DEVICE, else auto = the
+    /// first CUDA GPU if one is usable, else the CPU). Without a usable GPU, one line says why and
+    /// the CPU is used.
+    #[arg(long, global = true, value_name = "DEVICE")]
+    device: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -152,9 +157,19 @@ enum Command {
         #[arg(long)]
         grad_output: Option<std::path::PathBuf>,
     },
+    /// CUDA-against-CPU parity of every engine op, forward and backward, f32 and bf16; prints
+    /// pass/fail per op (use on a new GPU: `flamingo selftest --device cuda`).
+    Selftest {
+        /// Only checks whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print JSON rows instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a benchmark suite and print one row per case.
     Bench {
-        /// Suite name (ops).
+        /// Suite name: ops, model (CPU), cuda (GPU: our ops against cuBLAS and the copy bandwidth).
         #[arg(long, default_value = "ops")]
         suite: String,
         /// Print a JSON array of rows instead of a table.
@@ -174,7 +189,27 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(d) = &cli.device {
+        // One resolution for the whole process: Device::best() reads it back.
+        let chosen = match flamingo_engine::Device::resolve(d) {
+            Ok(dev) => dev.to_string(),
+            Err(e) => {
+                eprintln!("flamingo: --device {d}: {e}; using the CPU");
+                "cpu".into()
+            }
+        };
+        // SAFETY: set before any other thread exists.
+        unsafe { std::env::set_var("FLAMINGO_DEVICE", chosen) };
+    }
+    let model_cmd = matches!(
+        cli.command,
+        Command::Demo { .. } | Command::Train { .. } | Command::Eval { .. } | Command::PretrainVision { .. } | Command::PretrainLm { .. } | Command::Forward { .. } | Command::EngineDemo { .. }
+    );
+    if model_cmd && (cli.device.is_some() || std::env::var_os("FLAMINGO_DEVICE").is_some()) && flamingo_engine::Device::best().is_cuda() {
+        eprintln!("flamingo: this command runs the model on the CPU for now: the CUDA backend covers the engine's ops (`flamingo selftest`, `flamingo bench --suite cuda`), the model code is not yet device-aware");
+    }
     let result: Result<(), String> = match cli.command {
+        Command::Selftest { filter, json } => selftest(filter.as_deref(), json),
         Command::Demo { name, from_scratch, ablation, steps, episodes, pretrained } => fewshot_demo(name, from_scratch, ablation, steps, episodes, pretrained),
         Command::EngineDemo { steps, seed } => demo(steps, seed),
         Command::Report { run } => flamingo_trainer::fewshot_demo::report_only(&run).map(|p| println!("written {}", p.display())).map_err(|e| e.to_string()),
@@ -223,12 +258,54 @@ fn info(config: &str, json: bool) -> Result<(), String> {
     Ok(())
 }
 
+fn selftest(filter: Option<&str>, json: bool) -> Result<(), String> {
+    use flamingo_engine::cuda::{probe, selftest};
+    let dev = flamingo_engine::Device::best();
+    if !dev.is_cuda() {
+        return Err(match probe() {
+            Err(reason) => format!("selftest compares a CUDA GPU with the CPU, and none is usable: {reason}"),
+            Ok(_) => "selftest compares a CUDA GPU with the CPU: pass --device cuda".into(),
+        });
+    }
+    if let Ok(gpus) = probe() {
+        if let Some(g) = gpus.iter().find(|g| flamingo_engine::Device::Cuda(g.ordinal) == dev) {
+            eprintln!("selftest on {dev}: {} (sm_{}{}, {} SMs, {:.1} GiB)", g.name, g.compute_capability.0, g.compute_capability.1, g.multiprocessors, g.total_mem_bytes as f64 / (1u64 << 30) as f64);
+        }
+    }
+    if !json {
+        println!("{:<28} {:<5} {:>10} {:>8}  result", "check", "dtype", "max_err", "tol");
+    }
+    let checks = selftest::run(dev, filter, |c| {
+        if !json {
+            println!("{:<28} {:<5} {:>10.2e} {:>8.0e}  {}{}", c.name, c.dtype, c.max_err, c.tol, if c.passed { "pass" } else { "FAIL" }, if c.note.is_empty() { String::new() } else { format!(" ({})", c.note) });
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    if json {
+        let rows: Vec<serde_json::Value> = checks
+            .iter()
+            .map(|c| serde_json::json!({"check": c.name, "dtype": c.dtype.name(), "max_err": c.max_err, "tol": c.tol, "passed": c.passed, "note": c.note}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
+    } else {
+        println!("{} of {} checks passed", checks.len() - failed, checks.len());
+    }
+    if failed > 0 {
+        return Err(format!("{failed} CUDA parity check(s) failed"));
+    }
+    Ok(())
+}
+
 fn bench(suite: &str, json: bool, cases: Option<&[String]>, quick: bool) -> Result<(), String> {
     let rows = flamingo_benches::run_suite(suite, cases, quick, |name| eprintln!("  running {name}"))?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?);
     } else {
         print!("{}", flamingo_benches::table(&rows));
+        if suite == "cuda" {
+            print!("{}", flamingo_benches::cuda_suite::summary(&rows));
+        }
     }
     Ok(())
 }

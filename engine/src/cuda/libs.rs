@@ -146,7 +146,7 @@ pub fn load_nvrtc() -> Result<(), String> {
 pub fn load_driver() -> Result<(), String> {
     static R: OnceLock<Result<(), String>> = OnceLock::new();
     R.get_or_init(|| {
-        preload(&["libcuda.so.1", "libcuda.so"]).map_err(|e| format!("no NVIDIA driver: {e}"))?;
+        preload(&["libcuda.so.1", "libcuda.so"]).map_err(|_| "no NVIDIA driver (libcuda.so.1 not found)".to_string())?;
         // SAFETY: as in load_nvrtc.
         if unsafe { cudarc::driver::sys::is_culib_present() } {
             Ok(())

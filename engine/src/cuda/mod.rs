@@ -345,3 +345,49 @@ mod tests {
         }
     }
 }
+
+/// Direct access for benchmarks: cuBLAS and copies without the engine's op machinery, so
+/// `flamingo bench --suite cuda` can measure our ops against the library and the hardware.
+pub mod raw {
+    use super::ops;
+    use crate::{Device, Error, Result, Tensor};
+
+    /// Waits for all work queued on `device` (a no-op on the CPU).
+    pub fn synchronize(device: Device) -> Result<()> {
+        match device {
+            Device::Cuda(o) => super::gpu(o)?.synchronize(),
+            Device::Cpu => Ok(()),
+        }
+    }
+
+    /// `c = a · b` by one cuBLAS call into existing storage: contiguous 2-D CUDA tensors
+    /// `[m, k]`, `[k, n]`, `[m, n]` of one dtype (f32 or bf16).
+    pub fn cublas_gemm(a: &Tensor, b: &Tensor, c: &Tensor) -> Result<()> {
+        let (m, k, n) = (a.shape()[0], a.shape()[1], b.shape()[1]);
+        if a.rank() != 2 || b.rank() != 2 || c.shape() != [m, n] || b.shape()[0] != k || !(a.is_contiguous() && b.is_contiguous() && c.is_contiguous()) {
+            return Err(Error::shape_mismatch("cublas_gemm", a.shape(), b.shape(), "expected contiguous [m, k] · [k, n] into [m, n]"));
+        }
+        let (gpu, pa) = ops::parts(a, "cublas_gemm")?;
+        let (_, pb) = ops::parts(b, "cublas_gemm")?;
+        let (_, pc) = ops::parts(c, "cublas_gemm")?;
+        let oa = ops::MatOperand { ptr: pa, trans: false, ld: k, batch_stride: 0 };
+        let ob = ops::MatOperand { ptr: pb, trans: false, ld: n, batch_stride: 0 };
+        ops::gemm(&gpu, a.dtype(), m, n, k, oa, ob, pc, n, 0, 1, 0.0)
+    }
+
+    /// `dst ← src` by the driver's device-to-device copy (the bandwidth reference).
+    pub fn memcpy(dst: &Tensor, src: &Tensor) -> Result<()> {
+        let bytes = src.numel() * src.dtype().size_in_bytes();
+        if dst.numel() * dst.dtype().size_in_bytes() != bytes || !dst.is_contiguous() || !src.is_contiguous() {
+            return Err(Error::shape_mismatch("memcpy", dst.shape(), src.shape(), "contiguous buffers of equal size"));
+        }
+        let (gpu, pd) = ops::parts(dst, "memcpy")?;
+        let (_, ps) = ops::parts(src, "memcpy")?;
+        gpu.copy_d2d(pd, ps, bytes)
+    }
+
+    /// A copy of a contiguous f32 CUDA tensor by our own vectorised copy kernel.
+    pub fn copy_kernel(src: &Tensor) -> Result<Tensor> {
+        crate::ops::cuda_tensor(ops::copy_f32_kernel(src)?, src.shape())
+    }
+}

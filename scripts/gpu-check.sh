@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The prepared GPU check (docs/GPU.md records every run).
+#
+#   scripts/gpu-check.sh build   # on the development machine (Rust, no GPU): builds and strips
+#                                # the binaries into dist/gpu-check/ (git-ignored, < 64 MiB)
+#   scripts/gpu-check.sh run     # on the GPU machine (no Rust, no network), from the repo root:
+#                                # card info, every CUDA test, the CUDA selftest and benchmarks,
+#                                # one summary; copies the outputs to $OUT when set. < 8 minutes.
+#
+# With the device tool: build here, then
+#   run(command="bash scripts/gpu-check.sh run", carry=["dist/gpu-check"], timeout_s=540)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+dist=dist/gpu-check
+
+case "${1:-}" in
+build)
+    set -e
+    cargo build --release -p flamingo-trainer --bin flamingo
+    # The CUDA test binary (parity of every op, fallback, NVRTC compile of every kernel).
+    test_bin=$(cargo test --release -p flamingo-engine --test cuda --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
+        print(m["executable"])' | tail -1)
+    rm -rf "$dist" && mkdir -p "$dist"
+    cp target/release/flamingo "$dist/flamingo"
+    cp "$test_bin" "$dist/cuda-tests"
+    strip "$dist/flamingo" "$dist/cuda-tests"
+    git rev-parse --short HEAD > "$dist/commit"
+    du -sh "$dist"
+    ;;
+run)
+    [ -x "$dist/flamingo" ] || { echo "gpu-check: $dist/flamingo missing: run 'scripts/gpu-check.sh build' first and carry $dist" >&2; exit 2; }
+    out="${OUT:-/tmp/gpu-check-out}"
+    mkdir -p "$out"
+    export FLAMINGO_CACHE_DIR="$out/cache"
+    # The GPU machine's CUDA libraries (NVRTC, cuBLAS) live here; our loader also searches it.
+    export FLAMINGO_CUDA_LIB="${FLAMINGO_CUDA_LIB:-/usr/local/cuda/lib64}"
+    status=0
+    {
+        echo "== gpu-check $(cat "$dist/commit" 2>/dev/null) on $(hostname) at $(date -u +%FT%TZ)"
+        nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || true
+    } | tee "$out/card.txt"
+    echo "== cuda tests"
+    timeout 120 "$dist/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt" || status=1
+    echo "== selftest"
+    timeout 180 "$dist/flamingo" --device cuda selftest 2>&1 | tee "$out/selftest.txt" || status=1
+    echo "== bench --suite cuda"
+    timeout 240 "$dist/flamingo" --device cuda bench --suite cuda 2>&1 | tee "$out/bench.txt" || status=1
+    echo "== summary"
+    {
+        grep -E "^test result" "$out/tests.txt" || echo "cuda tests: no result line"
+        grep -E "checks passed" "$out/selftest.txt" || echo "selftest: no summary line"
+        grep -E "FAIL" "$out/selftest.txt" || true
+        grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
+    } | tee "$out/summary.txt"
+    exit $status
+    ;;
+*)
+    echo "usage: scripts/gpu-check.sh build|run" >&2
+    exit 2
+    ;;
+esac
