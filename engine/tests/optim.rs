@@ -62,3 +62,23 @@ fn agc_clips_rows_by_weight_norm_and_respects_exemptions() {
     assert_eq!(&g[2..], &[0.5, 0.0]);
     assert_eq!(head.grad().unwrap().to_scalar::<f64>().unwrap(), 100.0);
 }
+
+/// Mixed precision: a bf16 parameter is updated through an f32 master, so steps far below one
+/// bf16 ulp still add up; the parameter is always the master's rounding, and the moments are f32.
+#[test]
+fn adamw_bf16_parameters_keep_an_f32_master() {
+    use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
+    use flamingo_engine::{DType, Device, Tensor};
+    // 1.0 in bf16 has an ulp of 2^-7 ≈ 0.0078; each AdamW step moves it by about lr = 1e-4.
+    let p = Tensor::ones(&[4], DType::BF16, Device::Cpu).requires_grad_(true);
+    let mut opt = AdamW::new(vec![ParamGroup::new(vec![("w".into(), p.clone())], 1e-4, 0.0)], AdamWConfig::default()).unwrap();
+    for _ in 0..100 {
+        p.set_grad(Some(Tensor::ones(&[4], DType::BF16, Device::Cpu))).unwrap();
+        opt.step().unwrap();
+    }
+    // 100 steps of ~1e-4 = ~0.01 down: visible in bf16 only because the master accumulated them.
+    let v = p.to_vec::<f32>().unwrap();
+    assert!(v.iter().all(|&x| x < 0.995 && x > 0.985), "{v:?}");
+    let (_, _, m, vv) = opt.state().into_iter().next().unwrap();
+    assert_eq!((m.dtype(), vv.dtype()), (DType::F32, DType::F32));
+}
