@@ -15,5 +15,6 @@ pub mod reduce;
 pub mod simd;
 pub mod softmax;
 pub mod strided;
+pub mod xattn;
 
 pub use float::Float;

@@ -1,0 +1,1279 @@
+//! Fused masked cross-attention (SPEC §2.5): text tokens attend to the R visual tokens of one
+//! medium (or of all media seen so far), f32, forward and flash-style backward.
+//!
+//! Layouts (row-major, contiguous): `q`, `o`, `dq`, `do` are `[B, T, H, D]`; `k`, `v`, `dk`, `dv`
+//! are `[B, M, R, H, D]`; `media` is `[B, T]` with 0 = "no image at or before this token" and
+//! m ∈ 1..=M = "the last image seen is medium m−1"; `lse` is `[B, T, H]`.
+//!
+//! Because a token's medium is constant over contiguous stretches of tokens, the fused kernels
+//! split each batch row into runs of equal media index (further cut into tiles of at most
+//! [`TILE`] tokens) and do each tile as a small dense attention `[len × keys]` against the key
+//! rows it may see. With [`XAttnMode::OnlyImmediate`] those are the R keys of one medium, so the
+//! cost is independent of M. The keys a token sees are always one contiguous block of key rows
+//! (medium m−1, or media 0..m), which is what makes both modes the same code.
+//!
+//! Determinism: the forward parallelises over (b, h, tile) items that write disjoint outputs; the
+//! backward parallelises over (b, h) and walks the tiles of a batch row in order, so dk/dv are
+//! accumulated in a fixed order and results do not depend on the thread count.
+use super::float::{exp_f32, Float};
+use super::simd::vectorized;
+use rayon::prelude::*;
+
+/// Which keys a token with media index m ≥ 1 attends to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XAttnMode {
+    /// Only the R keys of medium m−1 (the last image at or before the token).
+    OnlyImmediate,
+    /// The R·m keys of media 0..m (every image seen so far).
+    AllPrevious,
+}
+
+/// Problem sizes: batch, text tokens, media per row, visual tokens per medium, heads, head dim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct XAttnShape {
+    pub b: usize,
+    pub t: usize,
+    pub m: usize,
+    pub r: usize,
+    pub h: usize,
+    pub d: usize,
+}
+
+/// Longest stretch of tokens done as one dense block (longer runs are cut into tiles).
+pub const TILE: usize = 64;
+
+impl XAttnShape {
+    fn q_len(&self) -> usize {
+        self.b * self.t * self.h * self.d
+    }
+    fn kv_len(&self) -> usize {
+        self.b * self.m * self.r * self.h * self.d
+    }
+    /// First key row (within a batch row's M·R keys) and number of key rows for media index `mi ≥ 1`.
+    fn keys(&self, mode: XAttnMode, mi: usize) -> (usize, usize) {
+        match mode {
+            XAttnMode::OnlyImmediate => ((mi - 1) * self.r, self.r),
+            XAttnMode::AllPrevious => (0, mi * self.r),
+        }
+    }
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("masked_xattn: {what} has {got} elements, expected {want}"))
+    }
+}
+
+/// Checks that every media index lies in 0..=M; the error names the first bad position and value.
+fn check_media(s: &XAttnShape, media: &[i64]) -> Result<(), String> {
+    check_len("media", media.len(), s.b * s.t)?;
+    for (i, &mi) in media.iter().enumerate() {
+        if mi < 0 || mi as u64 > s.m as u64 {
+            return Err(format!(
+                "masked_xattn: media[{}, {}] = {mi} is out of range 0..={} (flat index {i})",
+                i / s.t.max(1),
+                i % s.t.max(1),
+                s.m
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// One tile: tokens `t0..t0 + len` of batch row `b`, all with media index `mi ≥ 1`.
+#[derive(Clone, Copy, Debug)]
+struct Tile {
+    b: usize,
+    t0: usize,
+    len: usize,
+    mi: usize,
+}
+
+/// Tiles of each batch row (in token order), and for each batch row the range of its tiles.
+fn tiles(s: &XAttnShape, media: &[i64]) -> (Vec<Tile>, Vec<std::ops::Range<usize>>) {
+    let mut out = Vec::new();
+    let mut per_row = Vec::with_capacity(s.b);
+    for b in 0..s.b {
+        let start = out.len();
+        let row = &media[b * s.t..(b + 1) * s.t];
+        let mut t = 0;
+        while t < s.t {
+            let mi = row[t];
+            let mut e = t + 1;
+            while e < s.t && row[e] == mi && e - t < TILE {
+                e += 1;
+            }
+            if mi > 0 {
+                out.push(Tile { b, t0: t, len: e - t, mi: mi as usize });
+            }
+            t = e;
+        }
+        per_row.push(start..out.len());
+    }
+    (out, per_row)
+}
+
+/// A raw pointer that may cross threads; every use writes a region no other work item touches.
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+unsafe impl Send for SyncPtr {}
+unsafe impl Sync for SyncPtr {}
+impl SyncPtr {
+    /// Method access, so closures capture the whole `SyncPtr` (not its `*mut` field).
+    #[inline(always)]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// `C (m×n) = [C +] A (m×k) · B (k×n)` for the small blocks of this kernel, single-threaded, with
+/// `A(i,p) = a[i·ars + p·acs]`, `B(p,j) = b[p·ldb + j]`, `C(i,j) = c[i·ldc + j]`. Each C element
+/// sums over p in order, so results do not depend on blocking or threads.
+///
+/// Not the `gemm` crate: at these sizes (tens of rows, k and n ≈ 64) its per-call packing and
+/// dispatch cost about as much as the arithmetic (measured: ~4 µs a call, which made the time grow
+/// with the number of runs, i.e. with M).
+///
+/// # Safety
+/// All three operands with their strides must stay inside live allocations; `c` must not alias them.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn small_mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            return kern_avx2::matmul(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+        }
+    }
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = 0.0f32;
+            for p in 0..k {
+                acc += *a.add(i * ars + p * acs) * *b.add(p * ldb + j);
+            }
+            let cij = c.add(i * ldc + j);
+            *cij = if accumulate { *cij + acc } else { acc };
+        }
+    }
+}
+
+/// AVX2+FMA kernels: the register-blocked product behind [`small_mm`] (6 rows × 16 columns of C in
+/// 12 registers, a B strip of k × 16 reused from L1 across all row blocks), an 8×8-block transpose
+/// and the two row passes (softmax; probabilities and score gradient).
+#[cfg(target_arch = "x86_64")]
+mod kern_avx2 {
+    use super::super::avx2::exp8;
+    use super::super::float::exp_f32;
+    use std::arch::x86_64::*;
+
+    /// One block of `ROWS` rows × `W` vectors of 8 columns (`FULL = false`: one vector, masked).
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const ROWS: usize, const W: usize, const FULL: bool>(
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        mask: __m256i,
+    ) {
+        let mut s = [[_mm256_setzero_ps(); W]; ROWS];
+        for p in 0..k {
+            let bp = b.add(p * ldb);
+            let mut bv = [_mm256_setzero_ps(); W];
+            for (w, x) in bv.iter_mut().enumerate() {
+                *x = if FULL { _mm256_loadu_ps(bp.add(8 * w)) } else { _mm256_maskload_ps(bp.add(8 * w), mask) };
+            }
+            let ap = a.add(p * acs);
+            for (r, sr) in s.iter_mut().enumerate() {
+                let av = _mm256_set1_ps(*ap.add(r * ars));
+                for w in 0..W {
+                    sr[w] = _mm256_fmadd_ps(av, bv[w], sr[w]);
+                }
+            }
+        }
+        for (r, sr) in s.iter().enumerate() {
+            for (w, &x) in sr.iter().enumerate() {
+                let cp = c.add(r * ldc + 8 * w);
+                if FULL {
+                    let v = if accumulate { _mm256_add_ps(_mm256_loadu_ps(cp), x) } else { x };
+                    _mm256_storeu_ps(cp, v);
+                } else {
+                    let v = if accumulate { _mm256_add_ps(_mm256_maskload_ps(cp, mask), x) } else { x };
+                    _mm256_maskstore_ps(cp, mask, v);
+                }
+            }
+        }
+    }
+
+    /// All rows of one column strip.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn strip<const W: usize, const FULL: bool>(
+        m: usize,
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        mask: __m256i,
+    ) {
+        let mut i = 0;
+        while i + 6 <= m {
+            block::<6, W, FULL>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, mask);
+            i += 6;
+        }
+        let (a, c) = (a.add(i * ars), c.add(i * ldc));
+        match m - i {
+            1 => block::<1, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            2 => block::<2, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            3 => block::<3, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            4 => block::<4, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            5 => block::<5, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            _ => {}
+        }
+    }
+
+    /// See `small_mm`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn matmul(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: *const f32,
+        ars: usize,
+        acs: usize,
+        b: *const f32,
+        ldb: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let all = _mm256_set1_epi32(-1);
+        let mut j = 0;
+        while j + 16 <= n {
+            strip::<2, true>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, all);
+            j += 16;
+        }
+        if j + 8 <= n {
+            strip::<1, true>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, all);
+            j += 8;
+        }
+        if j < n {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - j) as i32), lanes);
+            strip::<1, false>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, mask);
+        }
+    }
+
+    /// See `super::scatter_rows`: unaligned head and tail with plain stores, the 32-byte-aligned
+    /// middle with `vmovntps`, then a store fence so later readers see the data.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn stream_rows(src: *const f32, rows: usize, cols: usize, dst: *mut f32, dst_rs: usize) {
+        for r in 0..rows {
+            let (sp, dp) = (src.add(r * cols), dst.add(r * dst_rs));
+            let head = ((32 - (dp as usize) % 32) % 32 / 4).min(cols);
+            for c in 0..head {
+                *dp.add(c) = *sp.add(c);
+            }
+            let mut c = head;
+            while c + 8 <= cols {
+                _mm256_stream_ps(dp.add(c), _mm256_loadu_ps(sp.add(c)));
+                c += 8;
+            }
+            for c in c..cols {
+                *dp.add(c) = *sp.add(c);
+            }
+        }
+        _mm_sfence();
+    }
+
+    /// 8×8 transpose of the rows `r` in place.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn transpose8(r: &mut [__m256; 8]) {
+        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+        r[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
+        r[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
+        r[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
+        r[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
+        r[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
+        r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
+        r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
+        r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
+    }
+
+    /// `dst[e·n + j] = src[j·d + e]` (both n·d elements), in 8×8 blocks.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn transpose(src: *const f32, n: usize, d: usize, dst: *mut f32) {
+        let (n8, d8) = (n - n % 8, d - d % 8);
+        for j in (0..n8).step_by(8) {
+            for e in (0..d8).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (i, x) in r.iter_mut().enumerate() {
+                    *x = _mm256_loadu_ps(src.add((j + i) * d + e));
+                }
+                transpose8(&mut r);
+                for (i, x) in r.iter().enumerate() {
+                    _mm256_storeu_ps(dst.add((e + i) * n + j), *x);
+                }
+            }
+            for e in d8..d {
+                for i in 0..8 {
+                    *dst.add(e * n + j + i) = *src.add((j + i) * d + e);
+                }
+            }
+        }
+        for j in n8..n {
+            for e in 0..d {
+                *dst.add(e * n + j) = *src.add(j * d + e);
+            }
+        }
+    }
+
+    /// Horizontal sum of 8 lanes in a fixed order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// See `super::softmax_row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_row(x: &mut [f32], scale: f32) -> f32 {
+        let n = x.len();
+        let n8 = n - n % 8;
+        let p = x.as_mut_ptr();
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        for j in (0..n8).step_by(8) {
+            mv = _mm256_max_ps(mv, _mm256_loadu_ps(p.add(j)));
+        }
+        let mh = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps::<1>(mv));
+        let mh = _mm_max_ps(mh, _mm_movehl_ps(mh, mh));
+        let mut mx = _mm_cvtss_f32(_mm_max_ss(mh, _mm_shuffle_ps::<1>(mh, mh)));
+        for &v in &x[n8..] {
+            mx = mx.max(v);
+        }
+        let (sv, mxv) = (_mm256_set1_ps(scale), _mm256_set1_ps(mx));
+        let mut acc = _mm256_setzero_ps();
+        for j in (0..n8).step_by(8) {
+            let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), mxv), sv));
+            _mm256_storeu_ps(p.add(j), e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let mut sum = hsum(acc);
+        for v in &mut x[n8..] {
+            *v = exp_f32((*v - mx) * scale);
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        let iv = _mm256_set1_ps(inv);
+        for j in (0..n8).step_by(8) {
+            _mm256_storeu_ps(p.add(j), _mm256_mul_ps(_mm256_loadu_ps(p.add(j)), iv));
+        }
+        for v in &mut x[n8..] {
+            *v *= inv;
+        }
+        mx * scale + sum.ln()
+    }
+
+    /// See `super::prob_grad_row`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+        let n = p.len().min(dp.len());
+        let n8 = n - n % 8;
+        let (pp, gp) = (p.as_mut_ptr(), dp.as_mut_ptr());
+        let (sv, lv, dv) = (_mm256_set1_ps(scale), _mm256_set1_ps(lse), _mm256_set1_ps(delta));
+        for j in (0..n8).step_by(8) {
+            let e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(pp.add(j)), sv, lv));
+            _mm256_storeu_ps(pp.add(j), e);
+            let g = _mm256_mul_ps(_mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(gp.add(j)), dv)), sv);
+            _mm256_storeu_ps(gp.add(j), g);
+        }
+        for j in n8..n {
+            p[j] = exp_f32(p[j] * scale - lse);
+            dp[j] = p[j] * (dp[j] - delta) * scale;
+        }
+    }
+
+}
+
+/// Copies heads `h0..h0+hg` of `n` consecutive rows of a `[.., H, D]` tensor (row stride `hd`,
+/// `src` pointing at head 0 of the first row) into a head-major contiguous `[hg, n, D]` `dst`.
+///
+/// The products never read head rows in place: rows of one head sit H·D floats apart (2 KiB for
+/// H·D = 512), so they all map to the same L1 cache set and re-reading them misses L1 on every
+/// row. Copying all heads of a row at once also reads memory sequentially (measured: per-head
+/// strided copies cost 20% of the time, mostly cache misses).
+///
+/// # Safety
+/// The source block must be in bounds; `dst` holds at least `hg·n·d` elements.
+#[inline]
+unsafe fn gather_heads(src: *const f32, n: usize, hd: usize, h0: usize, hg: usize, d: usize, dst: &mut [f32]) {
+    let dst = &mut dst[..hg * n * d];
+    for j in 0..n {
+        let row = src.add(j * hd + h0 * d);
+        for g in 0..hg {
+            std::ptr::copy_nonoverlapping(row.add(g * d), dst.as_mut_ptr().add((g * n + j) * d), d);
+        }
+    }
+}
+
+/// Writes `rows` rows of `cols` floats from the contiguous `src` to `dst` (row stride `dst_rs`)
+/// with non-temporal stores where the CPU has them: the outputs (o, dq, dk, dv) are not read
+/// again here, and plain stores would first read every destination line from memory. For an
+/// output that grows with M (dk, dv) that read was most of the extra time at larger M.
+///
+/// # Safety
+/// The destination rows must be in bounds and not aliased; `src` holds `rows·cols` elements.
+#[inline]
+unsafe fn scatter_rows(src: &[f32], rows: usize, cols: usize, dst: *mut f32, dst_rs: usize) {
+    let src = &src[..rows * cols];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            return kern_avx2::stream_rows(src.as_ptr(), rows, cols, dst, dst_rs);
+        }
+    }
+    for r in 0..rows {
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(r * cols), dst.add(r * dst_rs), cols);
+    }
+}
+
+/// `dst[e·n + j] = src[j·d + e]`: a contiguous `[n, d]` into a contiguous `[d, n]`.
+#[inline]
+fn transpose(src: &[f32], n: usize, d: usize, dst: &mut [f32]) {
+    let (src, dst) = (&src[..n * d], &mut dst[..n * d]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: both slices hold n·d elements (checked by the slicing above).
+            return unsafe { kern_avx2::transpose(src.as_ptr(), n, d, dst.as_mut_ptr()) };
+        }
+    }
+    for j in 0..n {
+        for e in 0..d {
+            dst[e * n + j] = src[j * d + e];
+        }
+    }
+}
+
+/// Softmax of one row of raw scores `x` at temperature `scale`, in place; returns the row's
+/// log-sum-exp `max·scale + ln Σ e^((x − max)·scale)`.
+#[inline]
+fn softmax_row(x: &mut [f32], scale: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: AVX2 and FMA were detected just above.
+            return unsafe { kern_avx2::softmax_row(x, scale) };
+        }
+    }
+    let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = exp_f32((*v - mx) * scale);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+    mx * scale + sum.ln()
+}
+
+/// Backward of one row: `p ← e^(p·scale − lse)` (raw scores in, probabilities out) and
+/// `dp ← p ∘ (dp − delta) · scale` (scaled score gradient).
+#[inline]
+fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: AVX2 and FMA were detected just above.
+            return unsafe { kern_avx2::prob_grad_row(p, dp, lse, delta, scale) };
+        }
+    }
+    for (x, g) in p.iter_mut().zip(dp.iter_mut()) {
+        *x = exp_f32(*x * scale - lse);
+        *g = *x * (*g - delta) * scale;
+    }
+}
+
+/// Σ a·b, 8 lanes combined in a fixed order.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Zeroes o/dq rows `[b, t, :, :]` and lse `[b, t, :]` of tokens with media index 0.
+fn zero_no_media_rows(s: &XAttnShape, media: &[i64], rows: &mut [f32], lse: Option<&mut [f32]>) {
+    let hd = s.h * s.d;
+    for (i, &mi) in media.iter().enumerate() {
+        if mi == 0 {
+            rows[i * hd..(i + 1) * hd].fill(0.0);
+        }
+    }
+    if let Some(lse) = lse {
+        for (i, &mi) in media.iter().enumerate() {
+            if mi == 0 {
+                lse[i * s.h..(i + 1) * s.h].fill(0.0);
+            }
+        }
+    }
+}
+
+/// How many head groups to split the heads into so that `outer · groups` work items keep the
+/// threads busy (results do not depend on it: heads are computed independently).
+fn head_groups(outer: usize, h: usize) -> usize {
+    let want = 4 * rayon::current_num_threads();
+    let mut g = 1;
+    while outer * g < want && g < h {
+        g += 1;
+    }
+    g
+}
+
+/// Fused forward. Writes `o [B,T,H,D]` and `lse [B,T,H]` (log-sum-exp of the scaled scores of each
+/// row, reused by the backward); tokens with media index 0 get exactly zero in both.
+/// Errors (before anything is written) on a media index outside 0..=M, naming its position and
+/// value, or on a slice of the wrong length.
+#[allow(clippy::too_many_arguments)]
+pub fn masked_xattn_forward(
+    s: &XAttnShape,
+    mode: XAttnMode,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    media: &[i64],
+    o: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), String> {
+    check_len("q", q.len(), s.q_len())?;
+    check_len("k", k.len(), s.kv_len())?;
+    check_len("v", v.len(), s.kv_len())?;
+    check_len("o", o.len(), s.q_len())?;
+    check_len("lse", lse.len(), s.b * s.t * s.h)?;
+    check_media(s, media)?;
+    zero_no_media_rows(s, media, o, Some(&mut *lse));
+    if s.d == 0 || s.h == 0 {
+        return Ok(());
+    }
+    let (tl, _) = tiles(s, media);
+    let (hd, mr) = (s.h * s.d, s.m * s.r);
+    let scale = 1.0 / (s.d as f32).sqrt();
+    let max_keys = match mode {
+        XAttnMode::OnlyImmediate => s.r,
+        XAttnMode::AllPrevious => mr,
+    };
+    let groups = head_groups(tl.len(), s.h);
+    let hpg = s.h.div_ceil(groups);
+    let groups = s.h.div_ceil(hpg); // every group non-empty
+    let (op, lp) = (SyncPtr(o.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
+    // One item per (tile, head group): it alone writes o[b, t0..t0+len, heads, :] and
+    // lse[b, t0..t0+len, heads].
+    let work = |sc: &mut FwdScratch, item: usize| {
+        let (tile, grp) = (tl[item / groups], item % groups);
+        let (h0, hg) = (grp * hpg, hpg.min(s.h - grp * hpg));
+        let (k0, n) = s.keys(mode, tile.mi);
+        let (len, d) = (tile.len, s.d);
+        let row0 = (tile.b * s.t + tile.t0) * hd;
+        let key0 = (tile.b * mr + k0) * hd;
+        // SAFETY: operands are in bounds (lengths checked above); outputs are this item's own.
+        unsafe {
+            gather_heads(q.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.q);
+            gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
+            gather_heads(v.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.v);
+            for g in 0..hg {
+                let h = h0 + g;
+                let (qh, kh, vh) = (&sc.q[g * len * d..], &sc.k[g * n * d..(g + 1) * n * d], &sc.v[g * n * d..]);
+                transpose(kh, n, d, &mut sc.kt);
+                let sc_s = &mut sc.s[..len * n];
+                // S = Q Kᵀ  [len × n]
+                small_mm(len, n, d, qh.as_ptr(), d, 1, sc.kt.as_ptr(), n, sc_s.as_mut_ptr(), n, false);
+                for (i, row) in sc_s.chunks_exact_mut(n).enumerate() {
+                    *lp.get().add((tile.b * s.t + tile.t0 + i) * s.h + h) = softmax_row(row, scale);
+                }
+                // O = P V  [len × D], into the [len, hg·D] output block
+                small_mm(len, d, n, sc_s.as_ptr(), n, 1, vh.as_ptr(), d, sc.o.as_mut_ptr().add(g * d), hg * d, false);
+            }
+            scatter_rows(&sc.o, len, hg * d, op.get().add(row0 + h0 * d), hd);
+        }
+    };
+    let run = |item: usize| {
+        FWD_SCRATCH.with(|cell| {
+            let sc = &mut *cell.borrow_mut();
+            grow(&mut sc.s, TILE * max_keys);
+            grow(&mut sc.o, TILE * hpg * s.d);
+            grow(&mut sc.q, hpg * TILE * s.d);
+            grow(&mut sc.k, hpg * max_keys * s.d);
+            grow(&mut sc.kt, max_keys * s.d);
+            grow(&mut sc.v, hpg * max_keys * s.d);
+            work(sc, item)
+        })
+    };
+    let items = tl.len() * groups;
+    if items > 1 && rayon::current_num_threads() > 1 {
+        (0..items).into_par_iter().for_each(run);
+    } else {
+        (0..items).for_each(run);
+    }
+    Ok(())
+}
+
+/// Grows a scratch buffer to at least `n` elements (it never shrinks).
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+thread_local! {
+    /// Scratch kept per thread across calls: fresh buffers of this size (hundreds of KiB to a few
+    /// MiB) come from mmap, and their page faults serialise the threads (measured: the forward
+    /// did not get faster with a second thread when the buffers were made per rayon job).
+    static FWD_SCRATCH: std::cell::RefCell<FwdScratch> = std::cell::RefCell::new(FwdScratch::default());
+    static BWD_SCRATCH: std::cell::RefCell<BwdScratch> = std::cell::RefCell::new(BwdScratch::default());
+}
+
+/// Per-thread scratch of the forward: scores, and head-major copies of the tile's operands.
+#[derive(Default)]
+struct FwdScratch {
+    s: Vec<f32>,
+    o: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+}
+
+/// Per-thread scratch of the backward.
+#[derive(Default)]
+struct BwdScratch {
+    p: Vec<f32>,
+    dp: Vec<f32>,
+    q: Vec<f32>,
+    d_o: Vec<f32>,
+    k: Vec<f32>,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    vt: Vec<f32>,
+    delta: Vec<f32>,
+    /// dq of the tile, `[len, hg·D]`.
+    dq: Vec<f32>,
+    /// dk and dv of this item's batch row and heads, `[M·R, hg·D]`, written out per medium once
+    /// no later tile touches it.
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    /// Whether dk/dv of each medium (for this item's heads) already hold a first contribution.
+    written: Vec<bool>,
+    /// Index (within the row's tiles) of the last tile that touches each medium.
+    last: Vec<usize>,
+    /// Stretches `(m0, m1, accumulate)` of the current tile's media.
+    stretches: Vec<(usize, usize, bool)>,
+}
+
+/// Fused backward from `d_o [B,T,H,D]`: writes `dq [B,T,H,D]` and `dk`, `dv [B,M,R,H,D]`
+/// (overwritten). Probabilities are recomputed from q, k and the forward's `lse`; the softmax
+/// backward uses delta = rowsum(do ∘ o). Errors as [`masked_xattn_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn masked_xattn_backward(
+    s: &XAttnShape,
+    mode: XAttnMode,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    media: &[i64],
+    o: &[f32],
+    lse: &[f32],
+    d_o: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) -> Result<(), String> {
+    check_len("q", q.len(), s.q_len())?;
+    check_len("k", k.len(), s.kv_len())?;
+    check_len("v", v.len(), s.kv_len())?;
+    check_len("o", o.len(), s.q_len())?;
+    check_len("lse", lse.len(), s.b * s.t * s.h)?;
+    check_len("do", d_o.len(), s.q_len())?;
+    check_len("dq", dq.len(), s.q_len())?;
+    check_len("dk", dk.len(), s.kv_len())?;
+    check_len("dv", dv.len(), s.kv_len())?;
+    check_media(s, media)?;
+    zero_no_media_rows(s, media, dq, None);
+    if s.d == 0 || s.h == 0 {
+        return Ok(());
+    }
+    let (tl, per_row) = tiles(s, media);
+    let (hd, mr) = (s.h * s.d, s.m * s.r);
+    let scale = 1.0 / (s.d as f32).sqrt();
+    let max_keys = match mode {
+        XAttnMode::OnlyImmediate => s.r,
+        XAttnMode::AllPrevious => mr,
+    };
+    let groups = head_groups(s.b, s.h);
+    let hpg = s.h.div_ceil(groups);
+    let groups = s.h.div_ceil(hpg); // every group non-empty
+    let (dqp, dkp, dvp) = (SyncPtr(dq.as_mut_ptr()), SyncPtr(dk.as_mut_ptr()), SyncPtr(dv.as_mut_ptr()));
+    // One item per (b, head group): it alone writes dk/dv[b, :, :, heads, :] and
+    // dq[b, tiles, heads, :], walking the tiles of row b in token order (a fixed accumulation
+    // order for dk/dv).
+    let work = |sc: &mut BwdScratch, item: usize| {
+        let (b, grp) = (item / groups, item % groups);
+        let (h0, hg) = (grp * hpg, hpg.min(s.h - grp * hpg));
+        let d = s.d;
+        sc.written.fill(false);
+        // SAFETY: see the comment above `work`; all operands are in bounds (lengths checked).
+        unsafe {
+            let row_tiles = &tl[per_row[b].clone()];
+            sc.last.fill(usize::MAX);
+            for (ti, tile) in row_tiles.iter().enumerate() {
+                let (k0, n) = s.keys(mode, tile.mi);
+                sc.last[k0 / s.r..(k0 + n) / s.r].fill(ti);
+            }
+            for (ti, tile) in row_tiles.iter().enumerate() {
+                let (k0, n) = s.keys(mode, tile.mi);
+                let len = tile.len;
+                let row0 = (b * s.t + tile.t0) * hd;
+                let key0 = (b * mr + k0) * hd;
+                gather_heads(q.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.q);
+                gather_heads(d_o.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.d_o);
+                gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
+                gather_heads(v.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.v);
+                // delta[g, i] = do · o over D, reading o row by row (all heads of a row are adjacent)
+                vectorized(
+                    #[inline(always)]
+                    || {
+                        for i in 0..len {
+                            let orow = &o[row0 + i * hd + h0 * d..row0 + i * hd + (h0 + hg) * d];
+                            for g in 0..hg {
+                                let dorow = &sc.d_o[(g * len + i) * d..(g * len + i + 1) * d];
+                                sc.delta[g * len + i] = dot(dorow, &orow[g * d..(g + 1) * d]);
+                            }
+                        }
+                    },
+                );
+                // dK (+)= … and dV (+)= … per stretch of media with the same "already written"
+                // state: the first contribution overwrites, so there is no zeroing pass.
+                sc.stretches.clear();
+                let (m_lo, m_hi) = (k0 / s.r, (k0 + n) / s.r);
+                let mut m0 = m_lo;
+                while m0 < m_hi {
+                    let acc = sc.written[m0];
+                    let mut m1 = m0 + 1;
+                    while m1 < m_hi && sc.written[m1] == acc {
+                        m1 += 1;
+                    }
+                    sc.written[m0..m1].fill(true);
+                    sc.stretches.push((m0, m1, acc));
+                    m0 = m1;
+                }
+                for g in 0..hg {
+                    let h = h0 + g;
+                    let (p, dp) = (&mut sc.p[..len * n], &mut sc.dp[..len * n]);
+                    let qc = &sc.q[g * len * d..(g + 1) * len * d];
+                    let doc = &sc.d_o[g * len * d..(g + 1) * len * d];
+                    let (kc, vc) = (&sc.k[g * n * d..(g + 1) * n * d], &sc.v[g * n * d..(g + 1) * n * d]);
+                    let delta = &sc.delta[g * len..(g + 1) * len];
+                    transpose(kc, n, d, &mut sc.kt);
+                    transpose(vc, n, d, &mut sc.vt);
+                    // S = Q Kᵀ (P = e^(scale·S − lse) below); dP = dO Vᵀ
+                    small_mm(len, n, d, qc.as_ptr(), d, 1, sc.kt.as_ptr(), n, p.as_mut_ptr(), n, false);
+                    small_mm(len, n, d, doc.as_ptr(), d, 1, sc.vt.as_ptr(), n, dp.as_mut_ptr(), n, false);
+                    for (i, (prow, dprow)) in p.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n)).enumerate() {
+                        let l = lse[(b * s.t + tile.t0 + i) * s.h + h];
+                        prob_grad_row(prow, dprow, l, delta[i], scale);
+                    }
+                    // dQ = (scale·dS) K, into the [len, hg·D] block
+                    small_mm(len, d, n, dp.as_ptr(), n, 1, kc.as_ptr(), d, sc.dq.as_mut_ptr().add(g * d), hg * d, false);
+                    // dK (+)= (scale·dS)ᵀ Q, dV (+)= Pᵀ dO, into the [M·R, hg·D] blocks
+                    for &(m0, m1, acc) in &sc.stretches {
+                        let (j0, nj) = (m0 * s.r - k0, (m1 - m0) * s.r);
+                        let kj = m0 * s.r * hg * d + g * d;
+                        small_mm(nj, d, len, dp.as_ptr().add(j0), 1, n, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
+                        small_mm(nj, d, len, p.as_ptr().add(j0), 1, n, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
+                    }
+                }
+                scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd);
+                for m in k0 / s.r..(k0 + n) / s.r {
+                    if sc.last[m] == ti {
+                        let blk = &sc.dk[m * s.r * hg * d..(m + 1) * s.r * hg * d];
+                        scatter_rows(blk, s.r, hg * d, dkp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
+                        let blk = &sc.dv[m * s.r * hg * d..(m + 1) * s.r * hg * d];
+                        scatter_rows(blk, s.r, hg * d, dvp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
+                    }
+                }
+            }
+            // Media nobody in this row attends to get zero gradient.
+            for m in (0..s.m).filter(|&m| !sc.written[m]) {
+                for j in m * s.r..(m + 1) * s.r {
+                    let off = (b * mr + j) * hd + h0 * d;
+                    std::ptr::write_bytes(dkp.get().add(off), 0, hg * d);
+                    std::ptr::write_bytes(dvp.get().add(off), 0, hg * d);
+                }
+            }
+        }
+    };
+    let run = |item: usize| {
+        BWD_SCRATCH.with(|cell| {
+            let sc = &mut *cell.borrow_mut();
+            grow(&mut sc.p, TILE * max_keys);
+            grow(&mut sc.dp, TILE * max_keys);
+            grow(&mut sc.q, hpg * TILE * s.d);
+            grow(&mut sc.d_o, hpg * TILE * s.d);
+            grow(&mut sc.k, hpg * max_keys * s.d);
+            grow(&mut sc.kt, max_keys * s.d);
+            grow(&mut sc.v, hpg * max_keys * s.d);
+            grow(&mut sc.vt, max_keys * s.d);
+            grow(&mut sc.delta, hpg * TILE);
+            grow(&mut sc.dq, TILE * hpg * s.d);
+            grow(&mut sc.dk, mr * hpg * s.d);
+            grow(&mut sc.dv, mr * hpg * s.d);
+            sc.written.resize(s.m, false);
+            sc.last.resize(s.m, usize::MAX);
+            work(sc, item)
+        })
+    };
+    let items = s.b * groups;
+    if items > 1 && rayon::current_num_threads() > 1 {
+        (0..items).into_par_iter().for_each(run);
+    } else {
+        (0..items).for_each(run);
+    }
+    Ok(())
+}
+
+/// Whether a token with media index `mi` may see key row `j` (of a batch row's M·R keys).
+#[inline]
+fn allowed(mode: XAttnMode, r: usize, mi: i64, j: usize) -> bool {
+    let km = (j / r) as i64 + 1; // 1-based medium of key j
+    match mode {
+        XAttnMode::OnlyImmediate => mi == km,
+        XAttnMode::AllPrevious => mi >= km,
+    }
+}
+
+/// Gathers head `h` of batch row `b` from `x [B, N, H, D]` into a contiguous `[N, D]`.
+fn gather<T: Float>(x: &[T], b: usize, n: usize, s: &XAttnShape, h: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(n * s.d);
+    for i in 0..n {
+        let off = ((b * n + i) * s.h + h) * s.d;
+        out.extend_from_slice(&x[off..off + s.d]);
+    }
+    out
+}
+
+/// Scatters a contiguous `[N, D]` block into head `h` of batch row `b` of `x [B, N, H, D]`.
+fn scatter<T: Float>(x: &mut [T], blk: &[T], b: usize, n: usize, s: &XAttnShape, h: usize) {
+    for i in 0..n {
+        let off = ((b * n + i) * s.h + h) * s.d;
+        x[off..off + s.d].copy_from_slice(&blk[i * s.d..(i + 1) * s.d]);
+    }
+}
+
+/// Dense masked probabilities `P [T, M·R]` of one (b, h): −∞ scores where masked, rows with no
+/// allowed key all zero.
+fn naive_probs<T: Float>(s: &XAttnShape, mode: XAttnMode, qh: &[T], kh: &[T], media_row: &[i64]) -> Vec<T> {
+    let (d, mr) = (s.d, s.m * s.r);
+    let scale = T::one() / T::from_f64(s.d as f64).sqrt();
+    let mut p = vec![T::zero(); s.t * mr];
+    for t in 0..s.t {
+        let row = &mut p[t * mr..(t + 1) * mr];
+        for (j, x) in row.iter_mut().enumerate() {
+            *x = if allowed(mode, s.r, media_row[t], j) {
+                let mut acc = T::zero();
+                for e in 0..d {
+                    acc += qh[t * d + e] * kh[j * d + e];
+                }
+                acc * scale
+            } else {
+                T::neg_infinity()
+            };
+        }
+        let mx = row.iter().fold(T::neg_infinity(), |a, &b| a.max(b));
+        if mx == T::neg_infinity() {
+            row.fill(T::zero());
+            continue;
+        }
+        let mut sum = T::zero();
+        for x in row.iter_mut() {
+            *x = (*x - mx).exp();
+            sum += *x;
+        }
+        for x in row.iter_mut() {
+            *x = *x / sum;
+        }
+    }
+    p
+}
+
+fn check_naive<T>(s: &XAttnShape, q: &[T], k: &[T], v: &[T], media: &[i64]) {
+    assert_eq!(q.len(), s.q_len(), "masked_xattn_naive: q length");
+    assert_eq!(k.len(), s.kv_len(), "masked_xattn_naive: k length");
+    assert_eq!(v.len(), s.kv_len(), "masked_xattn_naive: v length");
+    if let Err(e) = check_media(s, media) {
+        panic!("{e}");
+    }
+}
+
+/// Dense reference forward: per (b, h) builds the `[T, M·R]` masked score matrix (−∞ where masked),
+/// softmax, times V; rows with no allowed key give zero. Generic so tests can run it in f64.
+/// Panics on bad lengths or media indices.
+#[allow(clippy::too_many_arguments)]
+pub fn masked_xattn_forward_naive<T: Float>(
+    s: &XAttnShape,
+    mode: XAttnMode,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    media: &[i64],
+    o: &mut [T],
+) {
+    check_naive(s, q, k, v, media);
+    assert_eq!(o.len(), s.q_len(), "masked_xattn_naive: o length");
+    let (d, mr) = (s.d, s.m * s.r);
+    let blocks: Vec<Vec<T>> = (0..s.b * s.h)
+        .into_par_iter()
+        .map(|item| {
+            let (b, h) = (item / s.h, item % s.h);
+            let (qh, kh, vh) = (gather(q, b, s.t, s, h), gather(k, b, mr, s, h), gather(v, b, mr, s, h));
+            let p = naive_probs(s, mode, &qh, &kh, &media[b * s.t..(b + 1) * s.t]);
+            let mut oh = vec![T::zero(); s.t * d];
+            for t in 0..s.t {
+                for j in 0..mr {
+                    let w = p[t * mr + j];
+                    for e in 0..d {
+                        oh[t * d + e] += w * vh[j * d + e];
+                    }
+                }
+            }
+            oh
+        })
+        .collect();
+    for (item, oh) in blocks.iter().enumerate() {
+        scatter(o, oh, item / s.h, s.t, s, item % s.h);
+    }
+}
+
+/// Dense reference backward from `d_o`: recomputes the dense `P`, then dP = dO Vᵀ,
+/// dS = P ∘ (dP − rowsum(P ∘ dP)), dq = scale·dS K, dk = scale·dSᵀ Q, dv = Pᵀ dO (all overwritten).
+/// Panics on bad lengths or media indices.
+#[allow(clippy::too_many_arguments)]
+pub fn masked_xattn_backward_naive<T: Float>(
+    s: &XAttnShape,
+    mode: XAttnMode,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    media: &[i64],
+    d_o: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    check_naive(s, q, k, v, media);
+    assert_eq!(d_o.len(), s.q_len(), "masked_xattn_naive: do length");
+    assert_eq!(dq.len(), s.q_len(), "masked_xattn_naive: dq length");
+    assert_eq!(dk.len(), s.kv_len(), "masked_xattn_naive: dk length");
+    assert_eq!(dv.len(), s.kv_len(), "masked_xattn_naive: dv length");
+    let (d, mr) = (s.d, s.m * s.r);
+    let scale = T::one() / T::from_f64(s.d as f64).sqrt();
+    type Grads<T> = (Vec<T>, Vec<T>, Vec<T>);
+    let blocks: Vec<Grads<T>> = (0..s.b * s.h)
+        .into_par_iter()
+        .map(|item| {
+            let (b, h) = (item / s.h, item % s.h);
+            let (qh, kh, vh) = (gather(q, b, s.t, s, h), gather(k, b, mr, s, h), gather(v, b, mr, s, h));
+            let doh = gather(d_o, b, s.t, s, h);
+            let p = naive_probs(s, mode, &qh, &kh, &media[b * s.t..(b + 1) * s.t]);
+            let mut ds = vec![T::zero(); s.t * mr];
+            for t in 0..s.t {
+                let mut delta = T::zero();
+                for j in 0..mr {
+                    let mut dp = T::zero();
+                    for e in 0..d {
+                        dp += doh[t * d + e] * vh[j * d + e];
+                    }
+                    ds[t * mr + j] = dp;
+                    delta += p[t * mr + j] * dp;
+                }
+                for j in 0..mr {
+                    ds[t * mr + j] = p[t * mr + j] * (ds[t * mr + j] - delta) * scale;
+                }
+            }
+            let (mut dqh, mut dkh, mut dvh) = (vec![T::zero(); s.t * d], vec![T::zero(); mr * d], vec![T::zero(); mr * d]);
+            for t in 0..s.t {
+                for j in 0..mr {
+                    let (g, w) = (ds[t * mr + j], p[t * mr + j]);
+                    for e in 0..d {
+                        dqh[t * d + e] += g * kh[j * d + e];
+                        dkh[j * d + e] += g * qh[t * d + e];
+                        dvh[j * d + e] += w * doh[t * d + e];
+                    }
+                }
+            }
+            (dqh, dkh, dvh)
+        })
+        .collect();
+    for (item, (dqh, dkh, dvh)) in blocks.iter().enumerate() {
+        let (b, h) = (item / s.h, item % s.h);
+        scatter(dq, dqh, b, s.t, s, h);
+        scatter(dk, dkh, b, mr, s, h);
+        scatter(dv, dvh, b, mr, s, h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random numbers in [−1, 1).
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> f64 {
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        }
+        fn vec(&mut self, n: usize, amp: f64) -> Vec<f32> {
+            (0..n).map(|_| (self.next() * amp) as f32).collect()
+        }
+        fn below(&mut self, n: usize) -> usize {
+            ((self.next() + 1.0) * 0.5 * n as f64) as usize % n.max(1)
+        }
+    }
+
+    /// Non-decreasing media rows with leading zeros, skipped media and runs of length 1.
+    fn random_media(rng: &mut Lcg, b: usize, t: usize, m: usize) -> Vec<i64> {
+        let mut out = Vec::with_capacity(b * t);
+        for _ in 0..b {
+            let mut cur = 0i64;
+            for _ in 0..t {
+                if rng.below(4) == 0 {
+                    cur = (cur + 1 + rng.below(2) as i64).min(m as i64); // sometimes skips a medium
+                }
+                out.push(cur);
+            }
+        }
+        out
+    }
+
+    struct Case {
+        s: XAttnShape,
+        media: Vec<i64>,
+    }
+
+    fn cases() -> Vec<Case> {
+        let mut rng = Lcg(7);
+        let mut out = Vec::new();
+        // Hand-made: leading zeros, runs of length 1, skipped media, a medium never used, non-monotone.
+        let s = XAttnShape { b: 2, t: 11, m: 4, r: 5, h: 2, d: 8 };
+        let media = vec![0, 0, 1, 3, 3, 3, 4, 2, 2, 0, 4, /* row 2 */ 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2];
+        out.push(Case { s, media });
+        for &(b, t, m, r, h, d) in &[(1, 7, 1, 3, 1, 4), (3, 20, 3, 7, 2, 16), (2, 33, 5, 9, 3, 12), (2, 300, 3, 16, 2, 8)] {
+            let s = XAttnShape { b, t, m, r, h, d };
+            let media = random_media(&mut rng, b, t, m);
+            out.push(Case { s, media });
+        }
+        // One long run (longer than a tile) after a few tokens without media.
+        let s = XAttnShape { b: 1, t: 2 * TILE + 17, m: 2, r: 8, h: 2, d: 8 };
+        let mut media = vec![2i64; s.t];
+        media[..3].fill(0);
+        out.push(Case { s, media });
+        out
+    }
+
+    fn max_err(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn xattn_fused_matches_naive_forward_and_backward() {
+        let mut rng = Lcg(11);
+        for case in cases() {
+            let s = case.s;
+            for mode in [XAttnMode::OnlyImmediate, XAttnMode::AllPrevious] {
+                let q = rng.vec(s.q_len(), 2.0);
+                let k = rng.vec(s.kv_len(), 2.0);
+                let v = rng.vec(s.kv_len(), 1.0);
+                let d_o = rng.vec(s.q_len(), 1.0);
+                let mut o = vec![f32::NAN; s.q_len()];
+                let mut lse = vec![f32::NAN; s.b * s.t * s.h];
+                masked_xattn_forward(&s, mode, &q, &k, &v, &case.media, &mut o, &mut lse).unwrap();
+                let mut o_ref = vec![0.0; s.q_len()];
+                masked_xattn_forward_naive(&s, mode, &q, &k, &v, &case.media, &mut o_ref);
+                let e = max_err(&o, &o_ref);
+                assert!(e < 1e-4, "{s:?} {mode:?}: forward max err {e}");
+
+                let (mut dq, mut dk, mut dv) = (vec![f32::NAN; s.q_len()], vec![f32::NAN; s.kv_len()], vec![f32::NAN; s.kv_len()]);
+                masked_xattn_backward(&s, mode, &q, &k, &v, &case.media, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
+                let (mut dq_r, mut dk_r, mut dv_r) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
+                masked_xattn_backward_naive(&s, mode, &q, &k, &v, &case.media, &d_o, &mut dq_r, &mut dk_r, &mut dv_r);
+                for (name, a, b) in [("dq", &dq, &dq_r), ("dk", &dk, &dk_r), ("dv", &dv, &dv_r)] {
+                    let e = max_err(a, b);
+                    assert!(e < 1e-4, "{s:?} {mode:?}: {name} max err {e}");
+                }
+
+                // Tokens without media: exactly zero output, lse and dq.
+                let hd = s.h * s.d;
+                for (i, &mi) in case.media.iter().enumerate() {
+                    if mi == 0 {
+                        assert!(o[i * hd..(i + 1) * hd].iter().all(|&x| x == 0.0));
+                        assert!(o_ref[i * hd..(i + 1) * hd].iter().all(|&x| x == 0.0));
+                        assert!(dq[i * hd..(i + 1) * hd].iter().all(|&x| x == 0.0));
+                        assert!(lse[i * s.h..(i + 1) * s.h].iter().all(|&x| x == 0.0));
+                    }
+                }
+                // Media nobody attends to get exactly zero dk/dv.
+                let krow = s.r * hd;
+                for b in 0..s.b {
+                    for m in 0..s.m {
+                        let row = &case.media[b * s.t..(b + 1) * s.t];
+                        let seen = row.iter().any(|&mi| match mode {
+                            XAttnMode::OnlyImmediate => mi == m as i64 + 1,
+                            XAttnMode::AllPrevious => mi > m as i64,
+                        });
+                        if !seen {
+                            let off = (b * s.m + m) * krow;
+                            assert!(dk[off..off + krow].iter().chain(&dv[off..off + krow]).all(|&x| x == 0.0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn xattn_fused_is_independent_of_thread_count() {
+        let s = XAttnShape { b: 3, t: 150, m: 3, r: 16, h: 5, d: 16 };
+        let mut rng = Lcg(5);
+        let media = random_media(&mut rng, s.b, s.t, s.m);
+        let (q, k, v, d_o) = (rng.vec(s.q_len(), 1.0), rng.vec(s.kv_len(), 1.0), rng.vec(s.kv_len(), 1.0), rng.vec(s.q_len(), 1.0));
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let mode = XAttnMode::AllPrevious;
+                let (mut o, mut lse) = (vec![0.0; s.q_len()], vec![0.0; s.b * s.t * s.h]);
+                masked_xattn_forward(&s, mode, &q, &k, &v, &media, &mut o, &mut lse).unwrap();
+                let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
+                masked_xattn_backward(&s, mode, &q, &k, &v, &media, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
+                (o, lse, dq, dk, dv)
+            })
+        };
+        let a = run(1);
+        for threads in [2, 3, 7] {
+            let b = run(threads);
+            assert!(a.0 == b.0 && a.1 == b.1 && a.2 == b.2 && a.3 == b.3 && a.4 == b.4, "{threads} threads");
+        }
+    }
+
+    /// The reference backward against central differences of the reference forward, in f64.
+    #[test]
+    fn xattn_naive_backward_matches_finite_differences() {
+        let s = XAttnShape { b: 2, t: 6, m: 3, r: 3, h: 2, d: 4 };
+        let media = vec![0, 1, 1, 3, 3, 2, /* row 2 */ 0, 0, 2, 2, 2, 3];
+        let mut rng = Lcg(3);
+        let mut f64vec = |n: usize| (0..n).map(|_| rng.next()).collect::<Vec<f64>>();
+        let (q, k, v, w) = (f64vec(s.q_len()), f64vec(s.kv_len()), f64vec(s.kv_len()), f64vec(s.q_len()));
+        for mode in [XAttnMode::OnlyImmediate, XAttnMode::AllPrevious] {
+            // loss = Σ o ∘ w, so dL/do = w.
+            let loss = |q: &[f64], k: &[f64], v: &[f64]| {
+                let mut o = vec![0.0; s.q_len()];
+                masked_xattn_forward_naive(&s, mode, q, k, v, &media, &mut o);
+                o.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>()
+            };
+            let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
+            masked_xattn_backward_naive(&s, mode, &q, &k, &v, &media, &w, &mut dq, &mut dk, &mut dv);
+            let eps = 1e-6;
+            for which in 0..3 {
+                let grad = [&dq, &dk, &dv][which];
+                let base = [&q, &k, &v][which];
+                for i in 0..base.len() {
+                    let mut plus = base.clone();
+                    let mut minus = base.clone();
+                    plus[i] += eps;
+                    minus[i] -= eps;
+                    let eval = |x: &[f64]| match which {
+                        0 => loss(x, &k, &v),
+                        1 => loss(&q, x, &v),
+                        _ => loss(&q, &k, x),
+                    };
+                    let fd = (eval(&plus) - eval(&minus)) / (2.0 * eps);
+                    assert!((fd - grad[i]).abs() < 1e-7, "{mode:?} grad {which}[{i}]: fd {fd} vs {}", grad[i]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn xattn_rejects_bad_media_index() {
+        let s = XAttnShape { b: 2, t: 3, m: 2, r: 2, h: 1, d: 2 };
+        let (q, k, v) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
+        let (mut o, mut lse) = (vec![0.0; s.q_len()], vec![0.0; s.b * s.t * s.h]);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
+        for (media, pos, val) in [(vec![0, 1, 2, 1, 3, 2], "media[1, 1]", "= 3"), (vec![0, -1, 2, 1, 1, 2], "media[0, 1]", "= -1")] {
+            for mode in [XAttnMode::OnlyImmediate, XAttnMode::AllPrevious] {
+                let e = masked_xattn_forward(&s, mode, &q, &k, &v, &media, &mut o, &mut lse).unwrap_err();
+                assert!(e.contains(pos) && e.contains(val), "{e}");
+                let e = masked_xattn_backward(&s, mode, &q, &k, &v, &media, &o, &lse, &q, &mut dq, &mut dk, &mut dv).unwrap_err();
+                assert!(e.contains(pos) && e.contains(val), "{e}");
+            }
+        }
+        let e = masked_xattn_forward(&s, XAttnMode::OnlyImmediate, &q[1..], &k, &v, &[0; 6], &mut o, &mut lse).unwrap_err();
+        assert!(e.contains("q has 11 elements"), "{e}");
+    }
+}
