@@ -12,9 +12,15 @@
 //! cost is independent of M. The keys a token sees are always one contiguous block of key rows
 //! (medium m−1, or media 0..m), which is what makes both modes the same code.
 //!
-//! Determinism: the forward parallelises over (b, h, tile) items that write disjoint outputs; the
-//! backward parallelises over (b, h) and walks the tiles of a batch row in order, so dk/dv are
-//! accumulated in a fixed order and results do not depend on the thread count.
+//! Work items: the forward parallelises over (tile, head group) items that write disjoint outputs;
+//! the backward over (batch row, head group), walking the row's tiles in order, so dk/dv are
+//! accumulated in a fixed order. Head groups only split work between threads (heads are computed
+//! independently), so results do not depend on the thread count.
+//!
+//! Memory: an item copies all its heads of the tile's Q (dO) rows and of the medium's K/V rows
+//! into head-major scratch in one sequential pass, runs register-blocked AVX2 products on the
+//! copies, and writes o/dq/dk/dv back with non-temporal stores. Scratch is kept per thread across
+//! calls (a few MiB at most for AllPrevious; ~1 MiB per thread at the benchmark shape).
 use super::float::{exp_f32, Float};
 use super::simd::vectorized;
 use rayon::prelude::*;
@@ -242,10 +248,20 @@ mod kern_avx2 {
         accumulate: bool,
         mask: __m256i,
     ) {
+        // Blocks of 6 rows; a remainder of 1 or 2 borrows one block's rows (→ 4+3 or 4+4), since
+        // a 1- or 2-row block does few FMAs per load (a run of 32 tokens is 5·6 + 2).
+        let mut n6 = m / 6;
+        if n6 > 0 && (m % 6 == 1 || m % 6 == 2) {
+            n6 -= 1;
+        }
         let mut i = 0;
-        while i + 6 <= m {
+        for _ in 0..n6 {
             block::<6, W, FULL>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, mask);
             i += 6;
+        }
+        if m - i >= 7 {
+            block::<4, W, FULL>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, mask);
+            i += 4;
         }
         let (a, c) = (a.add(i * ars), c.add(i * ldc));
         match m - i {
@@ -715,16 +731,20 @@ struct BwdScratch {
     delta: Vec<f32>,
     /// dq of the tile, `[len, hg·D]`.
     dq: Vec<f32>,
-    /// dk and dv of this item's batch row and heads, `[M·R, hg·D]`, written out per medium once
-    /// no later tile touches it.
+    /// dk and dv of this item's open media and heads, `[slots·R, hg·D]`, written out per medium
+    /// once no later tile touches it.
     dk: Vec<f32>,
     dv: Vec<f32>,
     /// Whether dk/dv of each medium (for this item's heads) already hold a first contribution.
     written: Vec<bool>,
     /// Index (within the row's tiles) of the last tile that touches each medium.
     last: Vec<usize>,
-    /// Stretches `(m0, m1, accumulate)` of the current tile's media.
-    stretches: Vec<(usize, usize, bool)>,
+    /// Scratch slot (in `dk`/`dv`, R rows each) of each open medium, `usize::MAX` if none.
+    slot: Vec<usize>,
+    /// Free slots, reused last-in first-out.
+    free: Vec<usize>,
+    /// `(medium, slot, accumulate)` for the current tile's media.
+    acc: Vec<(usize, usize, bool)>,
 }
 
 /// Fused backward from `d_o [B,T,H,D]`: writes `dq [B,T,H,D]` and `dk`, `dv [B,M,R,H,D]`
@@ -778,6 +798,9 @@ pub fn masked_xattn_backward(
         let (h0, hg) = (grp * hpg, hpg.min(s.h - grp * hpg));
         let d = s.d;
         sc.written.fill(false);
+        sc.slot.fill(usize::MAX);
+        sc.free.clear();
+        sc.free.extend((0..s.m).rev());
         // SAFETY: see the comment above `work`; all operands are in bounds (lengths checked).
         unsafe {
             let row_tiles = &tl[per_row[b].clone()];
@@ -808,20 +831,18 @@ pub fn masked_xattn_backward(
                         }
                     },
                 );
-                // dK (+)= … and dV (+)= … per stretch of media with the same "already written"
-                // state: the first contribution overwrites, so there is no zeroing pass.
-                sc.stretches.clear();
-                let (m_lo, m_hi) = (k0 / s.r, (k0 + n) / s.r);
-                let mut m0 = m_lo;
-                while m0 < m_hi {
-                    let acc = sc.written[m0];
-                    let mut m1 = m0 + 1;
-                    while m1 < m_hi && sc.written[m1] == acc {
-                        m1 += 1;
+                // dK/dV of each medium accumulate in a scratch slot from its first tile to its
+                // last one; the first contribution overwrites, so there is no zeroing pass.
+                // Freed slots are reused last-in first-out, so with one image per run the
+                // same (cache-hot) slot serves every medium.
+                sc.acc.clear();
+                for m in k0 / s.r..(k0 + n) / s.r {
+                    let fresh = sc.slot[m] == usize::MAX;
+                    if fresh {
+                        sc.slot[m] = sc.free.pop().expect("a free dk/dv slot");
                     }
-                    sc.written[m0..m1].fill(true);
-                    sc.stretches.push((m0, m1, acc));
-                    m0 = m1;
+                    sc.written[m] = true;
+                    sc.acc.push((m, sc.slot[m], !fresh));
                 }
                 for g in 0..hg {
                     let h = h0 + g;
@@ -841,21 +862,23 @@ pub fn masked_xattn_backward(
                     }
                     // dQ = (scale·dS) K, into the [len, hg·D] block
                     small_mm(len, d, n, dp.as_ptr(), n, 1, kc.as_ptr(), d, sc.dq.as_mut_ptr().add(g * d), hg * d, false);
-                    // dK (+)= (scale·dS)ᵀ Q, dV (+)= Pᵀ dO, into the [M·R, hg·D] blocks
-                    for &(m0, m1, acc) in &sc.stretches {
-                        let (j0, nj) = (m0 * s.r - k0, (m1 - m0) * s.r);
-                        let kj = m0 * s.r * hg * d + g * d;
-                        small_mm(nj, d, len, dp.as_ptr().add(j0), 1, n, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
-                        small_mm(nj, d, len, p.as_ptr().add(j0), 1, n, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
+                    // dK (+)= (scale·dS)ᵀ Q, dV (+)= Pᵀ dO, into each medium's slot
+                    for &(m, slot, acc) in &sc.acc {
+                        let j0 = m * s.r - k0;
+                        let kj = slot * s.r * hg * d + g * d;
+                        small_mm(s.r, d, len, dp.as_ptr().add(j0), 1, n, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
+                        small_mm(s.r, d, len, p.as_ptr().add(j0), 1, n, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
                     }
                 }
                 scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd);
                 for m in k0 / s.r..(k0 + n) / s.r {
                     if sc.last[m] == ti {
-                        let blk = &sc.dk[m * s.r * hg * d..(m + 1) * s.r * hg * d];
+                        let slot = std::mem::replace(&mut sc.slot[m], usize::MAX);
+                        let blk = &sc.dk[slot * s.r * hg * d..(slot + 1) * s.r * hg * d];
                         scatter_rows(blk, s.r, hg * d, dkp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
-                        let blk = &sc.dv[m * s.r * hg * d..(m + 1) * s.r * hg * d];
+                        let blk = &sc.dv[slot * s.r * hg * d..(slot + 1) * s.r * hg * d];
                         scatter_rows(blk, s.r, hg * d, dvp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
+                        sc.free.push(slot);
                     }
                 }
             }
@@ -886,6 +909,7 @@ pub fn masked_xattn_backward(
             grow(&mut sc.dv, mr * hpg * s.d);
             sc.written.resize(s.m, false);
             sc.last.resize(s.m, usize::MAX);
+            sc.slot.resize(s.m, usize::MAX);
             work(sc, item)
         })
     };
