@@ -13,6 +13,7 @@ pub mod contrastive;
 pub mod flamingo;
 pub mod generate;
 pub mod gpt2;
+pub mod kernels;
 pub mod llama;
 pub mod lm;
 pub mod nfnet;

@@ -1,8 +1,9 @@
 //! Gated cross-attention dense blocks (SPEC.md §2.4) and the per-image masking rule (§2.5).
 //!
-//! This is the reference formulation (a dense masked attention over all `M·R` visual tokens);
-//! the fused kernel that exploits the contiguous runs of `t(ℓ)` comes with the fused-kernels issue.
-use crate::nn::{merge_heads, split_heads, FeedForward, Init, LayerNorm, Linear};
+//! Two formulations, switched by [`crate::kernels`]: the engine's fused masked cross-attention
+//! (runs of equal `t(ℓ)`, cost independent of the number of media; the default on the CPU) and the
+//! reference, a dense masked attention over all `M·R` visual tokens built from primitive ops.
+use crate::nn::{split_heads, FeedForward, Init, LayerNorm, Linear};
 use flamingo_engine::{DType, Error, ParamStore, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -143,25 +144,26 @@ impl MaskedCrossAttention {
         if y.shape()[0] != b || t.shape() != &y.shape()[..2] {
             return Err(Error::Msg(format!("cross-attention: text {:?}, media batch {b} and media index {:?} disagree", y.shape(), t.shape())));
         }
-        let q = split_heads(&self.to_q.forward(p, &self.norm.forward(p, y)?)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
-        let (k, v) = (&kv.k, &kv.v);
-        let scores = q.matmul(&k.t()?)?; // [b, h, l, m·r]
-        let dt = scores.dtype();
-        // Key κ belongs to medium κ / r + 1 (1-based, like t).
-        let key_media: Vec<f32> = (0..m * r).map(|k| (k / r + 1) as f32).collect();
-        let key_media = Tensor::from_vec(key_media, &[1, 1, m * r])?.to_dtype(dt)?;
-        let tt = t.to_dtype(dt)?.unsqueeze(-1)?; // [b, l, 1]
-        let allowed = match self.mode {
-            MediaAttention::Immediate => tt.eq_mask(&key_media)?,
-            MediaAttention::AllPrevious => tt.ge(&key_media)?,
+        let ql = self.to_q.forward(p, &self.norm.forward(p, y)?)?; // [b, l, heads·dh]
+        let (l, h, dh) = (y.shape()[1], self.heads, self.dim_head);
+        // k, v are [b, h, m·r, dh] views of [b, m·r, h·dh]: back to [b, m, r, h, dh].
+        let q4 = ql.reshape(&[b, l, h, dh])?;
+        let k5 = kv.k.transpose(1, 2)?.reshape(&[b, m, r, h, dh])?;
+        let v5 = kv.v.transpose(1, 2)?.reshape(&[b, m, r, h, dh])?;
+        // A media index above M (e.g. an <image> token the model generated itself, with no image
+        // behind it) has no keys; the reference then averages over every key, and the fused kernel
+        // would refuse it, so such batches take the reference path.
+        let in_range = || -> Result<bool> { Ok(t.to_vec::<f32>()?.iter().all(|&x| x >= 0.0 && x <= m as f32)) };
+        let o = if crate::kernels::use_fused(y) && in_range()? {
+            let mode = match self.mode {
+                MediaAttention::Immediate => flamingo_engine::ops::fused::XAttnMode::OnlyImmediate,
+                MediaAttention::AllPrevious => flamingo_engine::ops::fused::XAttnMode::AllPrevious,
+            };
+            Tensor::masked_cross_attention(&q4, &k5, &v5, t, mode)?
+        } else {
+            crate::kernels::reference_masked_attention(&q4, &k5, &v5, t, self.mode == MediaAttention::AllPrevious)?
         };
-        let blocked = allowed.affine(-1.0, 1.0)?.unsqueeze(1)?; // [b, 1, l, m·r]
-        // A large finite value, not −∞: rows with nothing allowed must stay finite (they are
-        // zeroed just below rather than turning into NaN).
-        let attn = scores.masked_fill(&blocked, -1e30)?.softmax(-1)?;
-        let has_media = tt.gt(&Tensor::zeros(&[], dt, Default::default()))?.unsqueeze(1)?; // [b, 1, l, 1]
-        let attn = attn.mul(&has_media)?;
-        self.to_out.forward(p, &merge_heads(&attn.matmul(&v)?)?)
+        self.to_out.forward(p, &o.reshape(&[b, l, h * dh])?)
     }
 }
 
@@ -192,9 +194,16 @@ impl GatedCrossAttentionBlock {
 
     /// The block with the visual keys/values precomputed by [`MaskedCrossAttention::media_kv`].
     pub fn forward_with_kv(&self, p: &ParamStore, y: &Tensor, kv: &MediaKv, t: &Tensor) -> Result<Tensor> {
-        let ga = p.require(&self.attn_gate)?.tanh()?;
-        let y = y.add(&self.attn.forward_with_kv(p, y, kv, t)?.mul(&ga)?)?;
-        let gf = p.require(&self.ff_gate)?.tanh()?;
-        y.add(&self.ff.forward(p, &y)?.mul(&gf)?)
+        let y = gated(y, &self.attn.forward_with_kv(p, y, kv, t)?, p.require(&self.attn_gate)?)?;
+        gated(&y, &self.ff.forward(p, &y)?, p.require(&self.ff_gate)?)
+    }
+}
+
+/// `y + tanh(α)·f`: the fused op, or the reference composition (see [`crate::kernels`]).
+pub fn gated(y: &Tensor, f: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+    if crate::kernels::use_fused(y) {
+        Tensor::gated_residual(y, f, alpha)
+    } else {
+        y.add(&f.mul(&alpha.tanh()?)?)
     }
 }

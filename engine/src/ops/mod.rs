@@ -5,6 +5,7 @@
 pub mod binary;
 pub mod concat;
 pub mod conv;
+pub mod fused;
 pub mod index;
 pub mod loss;
 pub mod matmul;

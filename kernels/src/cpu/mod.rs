@@ -15,6 +15,7 @@ pub mod reduce;
 pub mod simd;
 pub mod softmax;
 pub mod strided;
+pub mod gated;
 pub mod xattn;
 
 pub use float::Float;

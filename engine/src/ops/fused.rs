@@ -1,0 +1,110 @@
+//! Fused ops of the kernel testbed (DESIGN §3): one differentiable op each, with a reference
+//! composed from primitive ops in the model (`flamingo_model::kernels`) and a parity test.
+//!
+//! - [`Tensor::masked_cross_attention`]: Flamingo's per-image masked cross-attention over runs of
+//!   equal media index (cost independent of the number of media), flash-style backward.
+//! - [`Tensor::gated_residual`]: `x + tanh(α)·f` with a one-pass backward.
+//!
+//! CPU, f32 (bf16/f16 computed in f32). On CUDA these ops return an error; the model then takes
+//! the reference path.
+use super::{needs, via_f32};
+use crate::{DType, Error, Result, Tensor};
+use flamingo_kernels::cpu::{gated, xattn};
+
+pub use flamingo_kernels::cpu::xattn::XAttnMode;
+
+fn cpu_f32(op: &'static str, ts: &[&Tensor]) -> Result<()> {
+    for t in ts {
+        t.cpu_only(op)?;
+        if t.dtype() != DType::F32 {
+            return Err(Error::UnsupportedDType { op, dtype: t.dtype() });
+        }
+    }
+    Ok(())
+}
+
+impl Tensor {
+    /// Masked cross-attention: `q [B, T, H, D]` (text queries, unscaled), `k`, `v` `[B, M, R, H, D]`
+    /// (R visual tokens of each of M media), `media [B, T]` (any dtype, integral values: 0 = no
+    /// image yet, m ∈ 1..=M = the last image seen is medium m−1) → `[B, T, H, D]`:
+    /// softmax over the keys of medium m−1 (`OnlyImmediate`, the paper's rule) or of media
+    /// 0..m (`AllPrevious`) of `q·kᵀ/√D`, times v; exactly zero where media = 0.
+    /// Errors name the shapes, or the position of a media index outside 0..=M.
+    pub fn masked_cross_attention(q: &Tensor, k: &Tensor, v: &Tensor, media: &Tensor, mode: XAttnMode) -> Result<Tensor> {
+        const OP: &str = "masked_cross_attention";
+        if q.rank() != 4 || k.rank() != 5 || k.shape() != v.shape() {
+            return Err(Error::shape_mismatch(OP, q.shape(), k.shape(), "expected q [B, T, H, D] and k, v [B, M, R, H, D]"));
+        }
+        let (b, t, h, d) = (q.shape()[0], q.shape()[1], q.shape()[2], q.shape()[3]);
+        let (m, r) = (k.shape()[1], k.shape()[2]);
+        if k.shape()[0] != b || k.shape()[3] != h || k.shape()[4] != d {
+            return Err(Error::shape_mismatch(OP, q.shape(), k.shape(), "batch, heads and head dim of q and k must agree"));
+        }
+        if media.shape() != [b, t] {
+            return Err(Error::shape_mismatch(OP, q.shape(), media.shape(), "media index must be [B, T]"));
+        }
+        if let Some(res) = via_f32(&[q, k, v], |ts| Tensor::masked_cross_attention(&ts[0], &ts[1], &ts[2], media, mode))? {
+            return Ok(res);
+        }
+        cpu_f32(OP, &[q, k, v])?;
+        let media_v: Vec<i64> = media.to_vec::<f64>()?.into_iter().map(|x| x as i64).collect();
+        let s = xattn::XAttnShape { b, t, m, r, h, d };
+        let mut o = crate::pool::take::<f32>(q.numel());
+        let mut lse = vec![0f32; b * t * h];
+        q.with_contiguous::<f32, _>(OP, |qs| {
+            k.with_contiguous::<f32, _>(OP, |ks| v.with_contiguous::<f32, _>(OP, |vs| xattn::masked_xattn_forward(&s, mode, qs, ks, vs, &media_v, &mut o, &mut lse)))
+        })???
+        .map_err(|e| Error::Msg(format!("{OP}: {e}")))?;
+        Ok(Tensor::op_result(o, q.shape(), OP, &[q, k, v], |out| {
+            let out = out.clone();
+            Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                let g = g.to_dtype(DType::F32)?;
+                let (mut dq, mut dk, mut dv) = (vec![0f32; inp[0].numel()], vec![0f32; inp[1].numel()], vec![0f32; inp[2].numel()]);
+                inp[0].with_contiguous::<f32, _>(OP, |qs| {
+                    inp[1].with_contiguous::<f32, _>(OP, |ks| {
+                        inp[2].with_contiguous::<f32, _>(OP, |vs| {
+                            out.with_contiguous::<f32, _>(OP, |os| {
+                                g.with_contiguous::<f32, _>(OP, |gs| xattn::masked_xattn_backward(&s, mode, qs, ks, vs, &media_v, os, &lse, gs, &mut dq, &mut dk, &mut dv))
+                            })
+                        })
+                    })
+                })?????
+                .map_err(|e| Error::Msg(format!("{OP} backward: {e}")))?;
+                let wrap = |i: usize, data: Vec<f32>| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(Tensor::from_vec(data, inp[i].shape())?)) } else { Ok(None) } };
+                Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
+            })
+        }))
+    }
+
+    /// Tanh-gated residual `x + tanh(α)·f` for `x`, `f` of one shape and a one-element gate `α`,
+    /// fused: one pass forward, one pass backward (dx = g, df = tanh(α)·g, dα = (1 − tanh²α)·Σ g∘f).
+    pub fn gated_residual(x: &Tensor, f: &Tensor, alpha: &Tensor) -> Result<Tensor> {
+        const OP: &str = "gated_residual";
+        if x.shape() != f.shape() || alpha.numel() != 1 {
+            return Err(Error::shape_mismatch(OP, x.shape(), f.shape(), format!("x and f must match and the gate must have one element (gate {:?})", alpha.shape())));
+        }
+        if let Some(res) = via_f32(&[x, f, alpha], |ts| Tensor::gated_residual(&ts[0], &ts[1], &ts[2]))? {
+            return Ok(res);
+        }
+        cpu_f32(OP, &[x, f, alpha])?;
+        let gate = alpha.to_scalar::<f32>()?.tanh();
+        let mut y = crate::pool::take::<f32>(x.numel());
+        x.with_contiguous::<f32, _>(OP, |xs| f.with_contiguous::<f32, _>(OP, |fs| gated::gated_residual(xs, fs, gate, &mut y)))??;
+        Ok(Tensor::op_result(y, x.shape(), OP, &[x, f, alpha], |_| {
+            Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                let g = g.to_dtype(DType::F32)?.contiguous()?;
+                let (want_f, want_a) = (needs(inp, 1), needs(inp, 2));
+                let mut df = if want_f { Some(crate::pool::take::<f32>(g.numel())) } else { None };
+                let dot = if want_f || want_a {
+                    g.with_contiguous::<f32, _>(OP, |gs| inp[1].with_contiguous::<f32, _>(OP, |fs| gated::gated_residual_backward(gs, fs, gate, df.as_deref_mut())))??
+                } else {
+                    0.0
+                };
+                let dx = needs(inp, 0).then(|| g.clone());
+                let df = df.map(|d| Tensor::from_vec(d, inp[1].shape())).transpose()?;
+                let da = if want_a { Some(Tensor::from_vec(vec![(1.0 - gate * gate) * dot], inp[2].shape())?) } else { None };
+                Ok(vec![dx, df, da])
+            })
+        }))
+    }
+}
