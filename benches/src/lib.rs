@@ -12,8 +12,10 @@ use serde::Serialize;
 use std::time::Instant;
 
 pub mod cuda_suite;
+pub mod fused_suite;
 pub mod model_suite;
 pub mod suites;
+pub mod train_step;
 
 /// One measured case: the JSON row printed by `flamingo bench --json`.
 #[derive(Clone, Debug, Serialize)]
@@ -103,10 +105,10 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
 
 /// Formats rows as an aligned table.
 pub fn table(rows: &[BenchRow]) -> String {
-    let mut s = format!("{:<18} {:<6} {:<5} {:<16} {:>11} {:>10} {:>8}\n", "case", "device", "dtype", "shape", "median_ms", "gflops", "GB/s");
+    let mut s = format!("{:<26} {:<6} {:<5} {:<18} {:>11} {:>10} {:>8}\n", "case", "device", "dtype", "shape", "median_ms", "gflops", "GB/s");
     for r in rows {
         let gbps = r.gbps.map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into());
-        s += &format!("{:<18} {:<6} {:<5} {:<16} {:>11.4} {:>10.3} {:>8}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops, gbps);
+        s += &format!("{:<26} {:<6} {:<5} {:<18} {:>11.4} {:>10.3} {:>8}\n", r.case, r.device, r.dtype, r.shape, r.median_ms, r.gflops, gbps);
     }
     s
 }

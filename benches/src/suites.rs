@@ -3,13 +3,14 @@ use crate::{no_grad_call, randn_f32, Case};
 use flamingo_engine::DType;
 
 /// Names of every suite.
-pub const SUITES: &[&str] = &["ops", "model", "cuda"];
+pub const SUITES: &[&str] = &["ops", "model", "fused", "cuda"];
 
 /// The prepared cases of `suite`.
 pub fn cases(suite: &str) -> Result<Vec<Case>, String> {
     match suite {
         "ops" => Ok(ops()),
         "model" => crate::model_suite::cases().map_err(|e| e.to_string()),
+        "fused" => crate::fused_suite::cases().map_err(|e| e.to_string()),
         "cuda" => Err("suite `cuda` runs through `flamingo bench --suite cuda --device cuda` (its cases need a GPU)".into()),
         other => Err(format!("unknown suite `{other}`; suites: {}", SUITES.join(", "))),
     }

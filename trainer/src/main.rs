@@ -306,6 +306,9 @@ fn bench(suite: &str, json: bool, cases: Option<&[String]>, quick: bool) -> Resu
         if suite == "cuda" {
             print!("{}", flamingo_benches::cuda_suite::summary(&rows));
         }
+        for r in rows.iter().filter(|r| r.case.starts_with("train_step")) {
+            println!("{}: {:.0} tokens/s", r.case, r.gflops * 1e9);
+        }
     }
     Ok(())
 }

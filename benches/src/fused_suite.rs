@@ -1,0 +1,93 @@
+//! `flamingo bench --suite fused`: each fused kernel beside its reference (composed of primitive
+//! ops), and the Flamingo training steps. PyTorch counterparts: benches/torch/masked_xattn.py
+//! (masked cross-attention, same shapes and media layout) and benches/torch/train_step_bench.py.
+//!
+//! Masked cross-attention: q [8, 256, 8, 64], k, v [8, M, 64, 8, 64] given (requires grad), media
+//! index: the first 8 tokens of each row see no image, then T is split into M equal runs. One call
+//! = forward + backward with a fixed upstream gradient. FLOPs counted for the work the fused kernel
+//! does (scores and P·V over the R keys of one medium, ×3 for forward + backward).
+use crate::Case;
+use flamingo_engine::ops::fused::XAttnMode;
+use flamingo_engine::{DType, Rng, Tensor};
+use flamingo_model::kernels::reference_masked_attention;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    Tensor::randn(shape, DType::F32, &mut Rng::new(seed))
+}
+
+const B: usize = 8;
+const T: usize = 256;
+const R: usize = 64;
+const H: usize = 8;
+const D: usize = 64;
+const NO_MEDIA: usize = 8;
+
+/// The media index of benches/torch/masked_xattn.py: token t sees medium t / (T/M) (1-based),
+/// none for t < 8.
+fn media_layout(m: usize) -> Tensor {
+    let row: Vec<f32> = (0..T).map(|t| if t < NO_MEDIA { 0.0 } else { (t / (T / m) + 1) as f32 }).collect();
+    Tensor::from_vec(row.repeat(B), &[B, T]).expect("shape")
+}
+
+fn xattn_case(name: &'static str, m: usize, fused: bool) -> Case {
+    let q = randn(&[B, T, H, D], 1).requires_grad_(true);
+    let k = randn(&[B, m, R, H, D], 2).requires_grad_(true);
+    let v = randn(&[B, m, R, H, D], 3).requires_grad_(true);
+    let d_o = randn(&[B, T, H, D], 4);
+    let t = media_layout(m);
+    let rows = (B * (T - NO_MEDIA) * H) as f64;
+    let flops = 3.0 * rows * 4.0 * (R * D) as f64;
+    Case {
+        name,
+        shape: format!("b{B}t{T}m{m}r{R}h{H}d{D}"),
+        dtype: DType::F32,
+        flops,
+        run: Box::new(move || {
+            let o = if fused {
+                Tensor::masked_cross_attention(&q, &k, &v, &t, XAttnMode::OnlyImmediate).expect("fused xattn")
+            } else {
+                reference_masked_attention(&q, &k, &v, &t, false).expect("reference xattn")
+            };
+            o.backward_with(&d_o).expect("backward");
+            for x in [&q, &k, &v] {
+                x.zero_grad();
+            }
+        }),
+    }
+}
+
+fn gated_case(name: &'static str, fused: bool) -> Case {
+    let shape = [8usize, 256, 512];
+    let x = randn(&shape, 5).requires_grad_(true);
+    let f = randn(&shape, 6).requires_grad_(true);
+    let a = Tensor::full(&[1], 0.3, DType::F32, Default::default()).requires_grad_(true);
+    let g = randn(&shape, 7);
+    let n = (8 * 256 * 512) as f64;
+    Case {
+        name,
+        shape: "8x256x512".into(),
+        dtype: DType::F32,
+        flops: 5.0 * n,
+        run: Box::new(move || {
+            let y = if fused { Tensor::gated_residual(&x, &f, &a).expect("fused") } else { x.add(&f.mul(&a.tanh().expect("tanh")).expect("mul")).expect("add") };
+            y.backward_with(&g).expect("backward");
+            for t in [&x, &f, &a] {
+                t.zero_grad();
+            }
+        }),
+    }
+}
+
+/// Every case of the suite (the training steps come from [`crate::train_step`]).
+pub fn cases() -> flamingo_engine::Result<Vec<Case>> {
+    let mut v = vec![
+        xattn_case("masked_xattn_fwd_bwd", 4, true),
+        xattn_case("masked_xattn_fwd_bwd_m8", 8, true),
+        xattn_case("masked_xattn_reference", 4, false),
+        xattn_case("masked_xattn_reference_m8", 8, false),
+        gated_case("gated_residual_fwd_bwd", true),
+        gated_case("gated_residual_reference", false),
+    ];
+    v.extend(crate::train_step::cases()?);
+    Ok(v)
+}
