@@ -178,3 +178,22 @@ fn dtype_conversion_is_differentiable() {
         assert!((gv - 2.0 * xv).abs() < 1e-6);
     }
 }
+
+/// The fused weight standardisation (both scale conventions, including the DeepMind floor
+/// clamping a near-constant row) against central differences in f64.
+#[test]
+fn gradcheck_weight_standardize() {
+    use flamingo_engine::ops::fused::StdScale;
+    let w = rand(&[5, 3, 2, 2], -1.0, 1.0, 41);
+    let gain = rand(&[5], 0.5, 1.5, 42);
+    for mode in [StdScale::Timm { eps: 1e-5 }, StdScale::DeepMind { floor: 1e-4 }] {
+        gradcheck("weight_standardize", move |x| Tensor::weight_standardize(&x[0], &x[1], mode), &[w.clone(), gain.clone()]);
+    }
+    // A row with tiny variance hits the DeepMind floor: its scale is constant there.
+    let mut v = w.to_vec::<f64>().unwrap();
+    for (j, x) in v[..12].iter_mut().enumerate() {
+        *x = 0.5 + 1e-4 * j as f64;
+    }
+    let w2 = Tensor::from_vec(v, &[5, 3, 2, 2]).unwrap();
+    gradcheck("weight_standardize_floor", |x| Tensor::weight_standardize(&x[0], &x[1], StdScale::DeepMind { floor: 1e-4 }), &[w2, gain]);
+}

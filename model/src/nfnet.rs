@@ -229,21 +229,14 @@ impl NfNet {
     pub fn standardized_weight(&self, p: &ParamStore, name: &str) -> Result<Tensor> {
         let w = self.w(p, &format!("{name}.weight"))?;
         let gain = self.w(p, &format!("{name}.gain"))?;
-        let o = w.shape()[0];
-        let n: usize = w.shape()[1..].iter().product();
-        let wf = w.reshape(&[o, n])?;
-        let mean = wf.mean(&[1], true)?;
-        let centered = wf.sub(&mean)?;
-        let var = centered.square()?.mean(&[1], true)?;
-        let g = gain.reshape(&[o, 1])?;
-        let scale = match self.cfg.ws_eps {
-            WsEps::Timm => var.add_scalar(1e-5)?.rsqrt()?.mul_scalar(1.0 / (n as f64).sqrt())?.mul(&g)?,
-            WsEps::DeepMind => {
-                let floor = Tensor::full(&[], 1e-4, var.dtype(), var.device());
-                var.mul_scalar(n as f64)?.maximum(&floor)?.rsqrt()?.mul(&g)?
-            }
-        };
-        centered.mul(&scale)?.reshape(w.shape())
+        if crate::kernels::use_fused(w) {
+            let mode = match self.cfg.ws_eps {
+                WsEps::Timm => flamingo_engine::ops::fused::StdScale::Timm { eps: 1e-5 },
+                WsEps::DeepMind => flamingo_engine::ops::fused::StdScale::DeepMind { floor: 1e-4 },
+            };
+            return Tensor::weight_standardize(w, gain, mode);
+        }
+        standardized_weight_reference(w, gain, self.cfg.ws_eps)
     }
 
     /// A weight-standardised conv with timm's padding: symmetric k/2 at stride 1, dynamic
@@ -332,4 +325,24 @@ impl NfNet {
         }
         self.forward_features(p, images)?.mean_spatial()?.linear(self.w(p, "head.fc.weight")?, Some(self.w(p, "head.fc.bias")?))
     }
+}
+
+/// The weight standardisation from primitive ops (the fused op's reference): `w [o, ...]`,
+/// `gain` with `o` elements.
+pub fn standardized_weight_reference(w: &Tensor, gain: &Tensor, ws_eps: WsEps) -> Result<Tensor> {
+    let o = w.shape()[0];
+    let n: usize = w.shape()[1..].iter().product();
+    let wf = w.reshape(&[o, n])?;
+    let mean = wf.mean(&[1], true)?;
+    let centered = wf.sub(&mean)?;
+    let var = centered.square()?.mean(&[1], true)?;
+    let g = gain.reshape(&[o, 1])?;
+    let scale = match ws_eps {
+        WsEps::Timm => var.add_scalar(1e-5)?.rsqrt()?.mul_scalar(1.0 / (n as f64).sqrt())?.mul(&g)?,
+        WsEps::DeepMind => {
+            let floor = Tensor::full(&[], 1e-4, var.dtype(), var.device());
+            var.mul_scalar(n as f64)?.maximum(&floor)?.rsqrt()?.mul(&g)?
+        }
+    };
+    centered.mul(&scale)?.reshape(w.shape())
 }

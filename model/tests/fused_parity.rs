@@ -123,3 +123,31 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
+    #[test]
+    fn fused_weight_standardization_matches_the_reference(o in 1usize..20, c in 1usize..9, k in 1usize..4, deepmind: bool, seed in 0u64..1000) {
+        use flamingo_engine::ops::fused::StdScale;
+        use flamingo_model::nfnet::{standardized_weight_reference, WsEps};
+        let mut rng = Rng::new(seed);
+        let (w, gain) = (randn(&[o, c, k, k], &mut rng), randn(&[o], &mut rng));
+        let dy = randn(&[o, c, k, k], &mut rng);
+        let go = |fused: bool| {
+            let (w, gain) = (w.requires_grad_(true), gain.requires_grad_(true));
+            let y = if fused {
+                let mode = if deepmind { StdScale::DeepMind { floor: 1e-4 } } else { StdScale::Timm { eps: 1e-5 } };
+                Tensor::weight_standardize(&w, &gain, mode).unwrap()
+            } else {
+                standardized_weight_reference(&w, &gain, if deepmind { WsEps::DeepMind } else { WsEps::Timm }).unwrap()
+            };
+            y.backward_with(&dy).unwrap();
+            vec![y.detach(), w.grad().unwrap(), gain.grad().unwrap()]
+        };
+        let (f, r) = (go(true), go(false));
+        for (i, (a, b)) in r.iter().zip(&f).enumerate() {
+            let e = max_rel(a, b);
+            prop_assert!(e < 1e-4, "{} differs by {}", ["y", "dw", "dgain"][i], e);
+        }
+    }
+}

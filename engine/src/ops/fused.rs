@@ -108,3 +108,42 @@ impl Tensor {
         }))
     }
 }
+
+pub use flamingo_kernels::cpu::standardize::StdScale;
+
+impl Tensor {
+    /// Fused weight standardisation of a conv weight `w [o, ...]` with per-channel `gain`
+    /// (`o` elements, any shape): `gain·(w − μ)·u^(−1/2)` per output channel, `u` as in
+    /// [`StdScale`] (timm's `ScaledStdConv2d` or DeepMind's NFNet). One pass forward, one backward.
+    pub fn weight_standardize(w: &Tensor, gain: &Tensor, mode: StdScale) -> Result<Tensor> {
+        const OP: &str = "weight_standardize";
+        if w.rank() < 2 || gain.numel() != w.shape()[0] {
+            return Err(Error::shape_mismatch(OP, w.shape(), gain.shape(), "expected a weight [out, ...] and one gain per output channel"));
+        }
+        if let Some(res) = via_f32(&[w, gain], |ts| Tensor::weight_standardize(&ts[0], &ts[1], mode))? {
+            return Ok(res);
+        }
+        if w.device().is_cuda() || !matches!(w.dtype(), DType::F32 | DType::F64) {
+            return Err(Error::Msg(format!("{OP}: CPU f32/f64 only (got {} on {})", w.dtype(), w.device())));
+        }
+        let (rows, n) = (w.shape()[0], w.numel() / w.shape()[0]);
+        super::with_float_type!(OP, w.dtype(), T => {
+            let mut y = vec![T::zero(); w.numel()];
+            w.with_contiguous::<T, _>(OP, |ws| gain.with_contiguous::<T, _>(OP, |gs| flamingo_kernels::cpu::standardize::standardize_rows(ws, gs, rows, n, mode, &mut y)))??;
+            Ok(Tensor::op_result(y, w.shape(), OP, &[w, gain], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    super::with_float_type!(OP, g.dtype(), U => {
+                        let mut dw = vec![U::zero(); inp[0].numel()];
+                        let dgain = inp[0].with_contiguous::<U, _>(OP, |ws| inp[1].with_contiguous::<U, _>(OP, |gs| g.with_contiguous::<U, _>(OP, |dys| {
+                            flamingo_kernels::cpu::standardize::standardize_rows_backward(ws, gs, dys, rows, n, mode, &mut dw)
+                        })))???;
+                        Ok(vec![
+                            if needs(inp, 0) { Some(Tensor::from_vec(dw, inp[0].shape())?) } else { None },
+                            if needs(inp, 1) { Some(Tensor::from_vec(dgain, inp[1].shape())?) } else { None },
+                        ])
+                    })
+                })
+            }))
+        })
+    }
+}

@@ -14,6 +14,7 @@ pub mod pool;
 pub mod reduce;
 pub mod simd;
 pub mod softmax;
+pub mod standardize;
 pub mod strided;
 pub mod gated;
 pub mod xattn;
