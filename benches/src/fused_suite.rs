@@ -78,6 +78,35 @@ fn gated_case(name: &'static str, fused: bool) -> Case {
     }
 }
 
+/// Weight-standardised conv (timm's ScaledStdConv2d: eps 1e-5, gain, bias) forward + backward,
+/// gradients to x, w, gain and bias: fused standardisation or its reference composition.
+fn ws_conv_case(name: &'static str, x_shape: [usize; 4], w_shape: [usize; 4], groups: usize, fused: bool) -> Case {
+    use flamingo_engine::ops::fused::StdScale;
+    use flamingo_engine::ConvParams;
+    use flamingo_model::nfnet::{standardized_weight_reference, WsEps};
+    let x = randn(&x_shape, 8).requires_grad_(true);
+    let w = randn(&w_shape, 9).requires_grad_(true);
+    let gain = Tensor::full(&[w_shape[0]], 1.0, DType::F32, Default::default()).requires_grad_(true);
+    let bias = Tensor::full(&[w_shape[0]], 0.0, DType::F32, Default::default()).requires_grad_(true);
+    let params = ConvParams::new(1, w_shape[2] / 2).with_groups(groups);
+    let (ho, wo) = (x_shape[2], x_shape[3]);
+    let flops = 3.0 * 2.0 * (x_shape[0] * w_shape[0] * ho * wo * w_shape[1] * w_shape[2] * w_shape[3]) as f64;
+    Case {
+        name,
+        shape: format!("{}x{}x{}x{}->{}g{groups}k{}", x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0], w_shape[2]),
+        dtype: DType::F32,
+        flops,
+        run: Box::new(move || {
+            let ws = if fused { Tensor::weight_standardize(&w, &gain, StdScale::Timm { eps: 1e-5 }) } else { standardized_weight_reference(&w, &gain, WsEps::Timm) }.expect("standardise");
+            let y = x.conv2d(&ws, Some(&bias), &params).expect("conv");
+            y.sum_all().expect("sum").backward().expect("backward");
+            for t in [&x, &w, &gain, &bias] {
+                t.zero_grad();
+            }
+        }),
+    }
+}
+
 /// Every case of the suite (the training steps come from [`crate::train_step`]).
 pub fn cases() -> flamingo_engine::Result<Vec<Case>> {
     let mut v = vec![
@@ -87,6 +116,10 @@ pub fn cases() -> flamingo_engine::Result<Vec<Case>> {
         xattn_case("masked_xattn_reference_m8", 8, false),
         gated_case("gated_residual_fwd_bwd", true),
         gated_case("gated_residual_reference", false),
+        ws_conv_case("ws_conv3x3_fwd_bwd", [8, 64, 16, 16], [64, 32, 3, 3], 2, true),
+        ws_conv_case("ws_conv3x3_reference", [8, 64, 16, 16], [64, 32, 3, 3], 2, false),
+        ws_conv_case("ws_conv1x1_fwd_bwd", [8, 128, 8, 8], [256, 128, 1, 1], 1, true),
+        ws_conv_case("ws_conv1x1_reference", [8, 128, 8, 8], [256, 128, 1, 1], 1, false),
     ];
     v.extend(crate::train_step::cases()?);
     Ok(v)
