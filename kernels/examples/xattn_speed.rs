@@ -6,7 +6,9 @@
 //! in alternating rounds (so drift on a shared machine hits both alike): 5 warm-up rounds, then the
 //! median of 21 rounds (fused) or 11 rounds (naive).
 //! Run: `cargo run -p flamingo-kernels --release --example xattn_speed`
-//! (RAYON_NUM_THREADS sets the thread count; XATTN_SKIP_NAIVE=1 times only the fused kernel).
+//! (RAYON_NUM_THREADS sets the thread count; XATTN_SKIP_NAIVE=1 times only the fused kernel;
+//! XATTN_M=8 or XATTN_M=4,8,16 picks the M values, e.g. to profile one of them; XATTN_CPU_TIME=1
+//! times process CPU time instead of wall-clock time, for comparisons on a busy machine).
 use flamingo_kernels::cpu::xattn::*;
 use std::time::Instant;
 
@@ -81,29 +83,67 @@ impl Problem {
     }
 }
 
-/// Median ms per problem of `f`, in alternating rounds over the problems.
-fn median_ms(ps: &mut [Problem], f: fn(&mut Problem), warmup: usize, rounds: usize) -> Vec<f64> {
+#[cfg(target_os = "linux")]
+#[repr(C)]
+struct Timespec {
+    sec: i64,
+    nsec: i64,
+}
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn clock_gettime(clock: i32, ts: *mut Timespec) -> i32;
+}
+
+/// Seconds of CPU time used by the whole process (all threads), from `CLOCK_PROCESS_CPUTIME_ID`.
+#[cfg(target_os = "linux")]
+fn cpu_seconds() -> f64 {
+    let mut ts = Timespec { sec: 0, nsec: 0 };
+    // SAFETY: a valid out-pointer; clock 2 is CLOCK_PROCESS_CPUTIME_ID on Linux.
+    unsafe { clock_gettime(2, &mut ts) };
+    ts.sec as f64 + ts.nsec as f64 * 1e-9
+}
+
+/// Seconds since the first call (wall clock), or of process CPU time with XATTN_CPU_TIME=1: on a
+/// busy shared machine CPU time is much less disturbed by other processes (it counts rayon's idle
+/// spinning, though).
+fn now() -> f64 {
+    static START: std::sync::OnceLock<(Instant, bool)> = std::sync::OnceLock::new();
+    let (t0, cpu) = *START.get_or_init(|| (Instant::now(), std::env::var_os("XATTN_CPU_TIME").is_some()));
+    #[cfg(target_os = "linux")]
+    if cpu {
+        return cpu_seconds();
+    }
+    let _ = cpu;
+    t0.elapsed().as_secs_f64()
+}
+
+/// Median and minimum ms per problem of `f`, in alternating rounds over the problems.
+fn median_ms(ps: &mut [Problem], f: fn(&mut Problem), warmup: usize, rounds: usize) -> Vec<(f64, f64)> {
     let mut t = vec![Vec::with_capacity(rounds); ps.len()];
     for round in 0..warmup + rounds {
         for (i, p) in ps.iter_mut().enumerate() {
-            let s = Instant::now();
+            let s = now();
             f(p);
             if round >= warmup {
-                t[i].push(s.elapsed().as_secs_f64() * 1e3);
+                t[i].push((now() - s) * 1e3);
             }
         }
     }
     t.into_iter()
         .map(|mut v| {
             v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[v.len() / 2]
+            (v[v.len() / 2], v[0])
         })
         .collect()
 }
 
 fn main() {
     println!("rayon threads: {}", rayon::current_num_threads());
-    let mut ps = vec![Problem::new(4), Problem::new(8)];
+    let ms: Vec<usize> = match std::env::var("XATTN_M") {
+        Ok(v) => v.split(',').map(|x| x.trim().parse().expect("XATTN_M: comma-separated M values")).collect(),
+        Err(_) => vec![4, 8],
+    };
+    let mut ps: Vec<Problem> = ms.into_iter().map(Problem::new).collect();
     let fused = median_ms(&mut ps, Problem::fused, 5, 21);
     let fwd = median_ms(&mut ps, Problem::fwd, 5, 21);
     let naive = if std::env::var_os("XATTN_SKIP_NAIVE").is_some() {
@@ -114,11 +154,11 @@ fn main() {
     for (i, p) in ps.iter().enumerate() {
         let s = p.s;
         print!(
-            "B={} T={} M={} R={} H={} D={}: fused fwd+bwd {:8.2} ms (fwd {:.2})",
-            s.b, s.t, s.m, s.r, s.h, s.d, fused[i], fwd[i]
+            "B={} T={} M={} R={} H={} D={}: fused fwd+bwd {:8.2} ms (fwd {:.2}; min {:.2} / {:.2})",
+            s.b, s.t, s.m, s.r, s.h, s.d, fused[i].0, fwd[i].0, fused[i].1, fwd[i].1
         );
         match &naive {
-            Some(n) => println!(" | naive dense fwd+bwd {:8.2} ms", n[i]),
+            Some(n) => println!(" | naive dense fwd+bwd {:8.2} ms", n[i].0),
             None => println!(),
         }
     }
