@@ -15,6 +15,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("index", include_str!("../cuda/index.cu")),
     ("conv", include_str!("../cuda/conv.cu")),
     ("optim", include_str!("../cuda/optim.cu")),
+    ("fused", include_str!("../cuda/fused.cu")),
 ];
 
 /// The full text NVRTC compiles for module `name`, or None if there is no such module.

@@ -798,3 +798,124 @@ pub(crate) fn sgd(p: &Tensor, g: &Tensor, buf: &Tensor, lr: f64, momentum: f64, 
     }
     Ok(())
 }
+
+// ---- fused ops (kernels/cuda/fused.cu) ---------------------------------------------------------
+
+/// `y = x + tanh(α)·f` (contiguous f32).
+pub(crate) fn gated_residual(x: &Tensor, f: &Tensor, alpha: &Tensor) -> Result<CudaStorage> {
+    const OP: &str = "gated_residual";
+    let (gpu, xp, _kx) = contig(x, OP)?;
+    let (_, fp, _kf) = contig(f, OP)?;
+    let (_, ap, _ka) = contig(alpha, OP)?;
+    let n = x.numel();
+    let y = CudaStorage::alloc(&gpu, DType::F32, n)?;
+    if n > 0 {
+        gpu.launch("fused", "gated_residual_f32", grid(n, BLOCK), BLOCK, &mut args![n as i64, xp, fp, ap, y.ptr])?;
+    }
+    Ok(y)
+}
+
+/// `(df if want_df, dα)` of the gated residual.
+pub(crate) fn gated_residual_backward(g: &Tensor, f: &Tensor, alpha: &Tensor, want_df: bool) -> Result<(Option<CudaStorage>, CudaStorage)> {
+    const OP: &str = "gated_residual_backward";
+    let (gpu, gp, _kg) = contig(g, OP)?;
+    let (_, fp, _kf) = contig(f, OP)?;
+    let (_, ap, _ka) = contig(alpha, OP)?;
+    let n = g.numel();
+    let blocks = grid(n, BLOCK).min(1024);
+    let df = if want_df { Some(CudaStorage::alloc(&gpu, DType::F32, n)?) } else { None };
+    let partial = CudaStorage::alloc(&gpu, DType::F32, blocks as usize)?;
+    let da = CudaStorage::alloc(&gpu, DType::F32, 1)?;
+    let dfp = df.as_ref().map(|d| d.ptr).unwrap_or(0);
+    gpu.launch("fused", "gated_residual_bwd_f32", blocks, BLOCK, &mut args![n as i64, gp, fp, ap, dfp, partial.ptr])?;
+    gpu.launch("fused", "gated_residual_dalpha_f32", 1, 1024, &mut args![blocks as i64, partial.ptr, ap, da.ptr])?;
+    Ok((df, da))
+}
+
+/// Weight standardisation of `w [rows, n]` (f32): mode 0 timm (`p` = eps), 1 DeepMind (`p` = floor).
+pub(crate) fn weight_standardize(w: &Tensor, gain: &Tensor, mode: i32, p: f32) -> Result<CudaStorage> {
+    const OP: &str = "weight_standardize";
+    let (gpu, wp, _kw) = contig(w, OP)?;
+    let (_, gp, _kg) = contig(gain, OP)?;
+    let (rows, n) = (w.shape()[0], w.numel() / w.shape()[0].max(1));
+    let y = CudaStorage::alloc(&gpu, DType::F32, w.numel())?;
+    if rows * n > 0 {
+        gpu.launch("fused", "weight_standardize_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, mode, p, wp, gp, y.ptr])?;
+    }
+    Ok(y)
+}
+
+/// `(dw, dgain)` of the weight standardisation.
+pub(crate) fn weight_standardize_backward(w: &Tensor, gain: &Tensor, dy: &Tensor, mode: i32, p: f32) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "weight_standardize_backward";
+    let (gpu, wp, _kw) = contig(w, OP)?;
+    let (_, gp, _kg) = contig(gain, OP)?;
+    let (_, dp, _kd) = contig(dy, OP)?;
+    let (rows, n) = (w.shape()[0], w.numel() / w.shape()[0].max(1));
+    let dw = CudaStorage::alloc(&gpu, DType::F32, w.numel())?;
+    let dg = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    if rows * n > 0 {
+        gpu.launch("fused", "weight_standardize_bwd_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, n as i64, mode, p, wp, gp, dp, dw.ptr, dg.ptr])?;
+    }
+    Ok((dw, dg))
+}
+
+/// `#[repr(C)]` twin of `XAttnDims` in kernels/cuda/fused.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct XAttnDims {
+    pub b: i64,
+    pub t: i64,
+    pub m: i64,
+    pub r: i64,
+    pub h: i64,
+    pub d: i64,
+    pub mode: i32,
+    pub scale: f32,
+}
+
+/// Rows per block of the cross-attention kernels (one warp each).
+const XA_WARPS: u32 = 8;
+
+/// Masked cross-attention forward: `(o, lse)`. `media` holds validated indices.
+pub(crate) fn masked_xattn(s: XAttnDims, q: &Tensor, k: &Tensor, v: &Tensor, media: &CudaStorage) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "masked_cross_attention";
+    if s.d > 256 {
+        return Err(Error::Msg(format!("{OP}: head dim {} > 256 is not supported by the CUDA kernel", s.d)));
+    }
+    let (gpu, qp, _kq) = contig(q, OP)?;
+    let (_, kp, _kk) = contig(k, OP)?;
+    let (_, vp, _kv) = contig(v, OP)?;
+    let rows = (s.b * s.t * s.h) as usize;
+    let o = CudaStorage::alloc(&gpu, DType::F32, q.numel())?;
+    let lse = CudaStorage::alloc(&gpu, DType::F32, rows)?;
+    if rows > 0 {
+        gpu.launch("fused", "masked_xattn_fwd_f32", rows.div_ceil(XA_WARPS as usize).clamp(1, 1 << 20) as u32, 32 * XA_WARPS, &mut args![s, qp, kp, vp, media.ptr, o.ptr, lse.ptr])?;
+    }
+    Ok((o, lse))
+}
+
+/// Masked cross-attention backward: `(dq, dk, dv)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn masked_xattn_backward(s: XAttnDims, q: &Tensor, k: &Tensor, v: &Tensor, media: &CudaStorage, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    const OP: &str = "masked_cross_attention_backward";
+    let (gpu, qp, _kq) = contig(q, OP)?;
+    let (_, kp, _kk) = contig(k, OP)?;
+    let (_, vp, _kv) = contig(v, OP)?;
+    let (_, op_, _ko) = contig(o, OP)?;
+    let (_, gp, _kg) = contig(d_o, OP)?;
+    let rows = (s.b * s.t * s.h) as usize;
+    let dq = CudaStorage::alloc(&gpu, DType::F32, q.numel())?;
+    let dk = CudaStorage::zeros(&gpu, DType::F32, k.numel())?;
+    let dv = CudaStorage::zeros(&gpu, DType::F32, v.numel())?;
+    if rows > 0 {
+        gpu.launch(
+            "fused",
+            "masked_xattn_bwd_f32",
+            rows.div_ceil(XA_WARPS as usize).clamp(1, 1 << 20) as u32,
+            32 * XA_WARPS,
+            &mut args![s, qp, kp, vp, media.ptr, op_, lse.ptr, gp, dq.ptr, dk.ptr, dv.ptr],
+        )?;
+    }
+    Ok((dq, dk, dv))
+}

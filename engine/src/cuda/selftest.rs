@@ -152,6 +152,21 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         vec![true, true, true],
         Box::new(|t| t[0].linear(&t[1], Some(&t[2]))),
     );
+    // The fused ops: the GPU kernels against the CPU kernels.
+    let media = Tensor::from_vec((0..2 * 12).map(|i| { let t = i % 12; if t < 2 { 0.0f32 } else { (1 + (t - 2) / 4) as f32 } }).collect::<Vec<_>>(), &[2, 12]).expect("shape");
+    for (name, mode) in [("fused_masked_xattn", crate::ops::fused::XAttnMode::OnlyImmediate), ("fused_masked_xattn_all_prev", crate::ops::fused::XAttnMode::AllPrevious)] {
+        let md = media.clone();
+        push(
+            name,
+            vec![randn(&[2, 12, 3, 40], rng), randn(&[2, 3, 5, 3, 40], rng), randn(&[2, 3, 5, 3, 40], rng)],
+            vec![true, true, true],
+            Box::new(move |t| Tensor::masked_cross_attention(&t[0], &t[1], &t[2], &md.to_device(t[0].device())?, mode)),
+        );
+    }
+    push("fused_gated_residual", vec![randn(&[3, 7, 33], rng), randn(&[3, 7, 33], rng), randn(&[1], rng)], vec![true, true, true], Box::new(|t| Tensor::gated_residual(&t[0], &t[1], &t[2])));
+    for (name, mode) in [("fused_ws_timm", crate::ops::fused::StdScale::Timm { eps: 1e-5 }), ("fused_ws_deepmind", crate::ops::fused::StdScale::DeepMind { floor: 1e-4 })] {
+        push(name, vec![randn(&[6, 4, 3, 3], rng), randn(&[6], rng)], vec![true, true], Box::new(move |t| Tensor::weight_standardize(&t[0], &t[1], mode)));
+    }
     push("attention_block", vec![randn(&[2, 4, 10, 16], rng), randn(&[2, 4, 12, 16], rng), randn(&[2, 4, 12, 16], rng)], vec![true, true, true], Box::new(|t| {
         let s = t[0].matmul(&t[1].transpose(-1, -2)?)?.mul_scalar(0.25)?;
         s.softmax(-1)?.matmul(&t[2])

@@ -5,8 +5,8 @@
 //!   equal media index (cost independent of the number of media), flash-style backward.
 //! - [`Tensor::gated_residual`]: `x + tanh(α)·f` with a one-pass backward.
 //!
-//! CPU, f32 (bf16/f16 computed in f32). On CUDA these ops return an error; the model then takes
-//! the reference path.
+//! f32 (bf16/f16 computed in f32), on the CPU and on CUDA (kernels/cuda/fused.cu; the CUDA
+//! versions are compile-checked in CI and compared with the CPU ones by `flamingo selftest`).
 use super::{needs, via_f32};
 use crate::{DType, Error, Result, Tensor};
 use flamingo_kernels::cpu::{gated, xattn};
@@ -46,8 +46,11 @@ impl Tensor {
         if let Some(res) = via_f32(&[q, k, v], |ts| Tensor::masked_cross_attention(&ts[0], &ts[1], &ts[2], media, mode))? {
             return Ok(res);
         }
-        cpu_f32(OP, &[q, k, v])?;
         let media_v: Vec<i64> = media.to_vec::<f64>()?.into_iter().map(|x| x as i64).collect();
+        if q.device().is_cuda() {
+            return masked_cross_attention_cuda(q, k, v, &media_v, mode, [b, t, m, r, h, d]);
+        }
+        cpu_f32(OP, &[q, k, v])?;
         let s = xattn::XAttnShape { b, t, m, r, h, d };
         let mut o = crate::pool::take::<f32>(q.numel());
         let mut lse = vec![0f32; b * t * h];
@@ -86,6 +89,20 @@ impl Tensor {
         if let Some(res) = via_f32(&[x, f, alpha], |ts| Tensor::gated_residual(&ts[0], &ts[1], &ts[2]))? {
             return Ok(res);
         }
+        if x.device().is_cuda() {
+            let st = crate::cuda::ops::gated_residual(x, f, alpha)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), x.shape(), OP, &[x, f, alpha], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let g = g.to_dtype(DType::F32)?;
+                    let (df, da) = crate::cuda::ops::gated_residual_backward(&g, &inp[1], &inp[2], needs(inp, 1))?;
+                    Ok(vec![
+                        needs(inp, 0).then(|| g.clone()),
+                        df.map(|d| super::cuda_tensor(d, inp[1].shape())).transpose()?,
+                        if needs(inp, 2) { Some(super::cuda_tensor(da, inp[2].shape())?) } else { None },
+                    ])
+                })
+            }));
+        }
         cpu_f32(OP, &[x, f, alpha])?;
         let gate = alpha.to_scalar::<f32>()?.tanh();
         let mut y = crate::pool::take::<f32>(x.numel());
@@ -123,7 +140,23 @@ impl Tensor {
         if let Some(res) = via_f32(&[w, gain], |ts| Tensor::weight_standardize(&ts[0], &ts[1], mode))? {
             return Ok(res);
         }
-        if w.device().is_cuda() || !matches!(w.dtype(), DType::F32 | DType::F64) {
+        if w.device().is_cuda() {
+            let (code, p) = match mode {
+                StdScale::Timm { eps } => (0, eps as f32),
+                StdScale::DeepMind { floor } => (1, floor as f32),
+            };
+            let st = crate::cuda::ops::weight_standardize(w, gain, code, p)?;
+            return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), w.shape(), OP, &[w, gain], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let (dw, dg) = crate::cuda::ops::weight_standardize_backward(&inp[0], &inp[1], &g.to_dtype(DType::F32)?, code, p)?;
+                    Ok(vec![
+                        if needs(inp, 0) { Some(super::cuda_tensor(dw, inp[0].shape())?) } else { None },
+                        if needs(inp, 1) { Some(super::cuda_tensor(dg, inp[1].shape())?) } else { None },
+                    ])
+                })
+            }));
+        }
+        if !matches!(w.dtype(), DType::F32 | DType::F64) {
             return Err(Error::Msg(format!("{OP}: CPU f32/f64 only (got {} on {})", w.dtype(), w.device())));
         }
         let (rows, n) = (w.shape()[0], w.numel() / w.shape()[0]);
@@ -146,4 +179,36 @@ impl Tensor {
             }))
         })
     }
+}
+
+/// The CUDA path of [`Tensor::masked_cross_attention`] (f32 tensors on one GPU).
+fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64], mode: XAttnMode, dims: [usize; 6]) -> Result<Tensor> {
+    const OP: &str = "masked_cross_attention";
+    let [b, t, m, r, h, d] = dims;
+    for (i, &mi) in media.iter().enumerate() {
+        if mi < 0 || mi as usize > m {
+            return Err(Error::Msg(format!("{OP}: media[{}, {}] = {mi} is out of range 0..={m}", i / t.max(1), i % t.max(1))));
+        }
+    }
+    let (gpu, _) = crate::cuda::ops::parts(q, OP)?;
+    let dev_media = crate::cuda::ops::upload_i64(&gpu, media)?;
+    let s = crate::cuda::ops::XAttnDims {
+        b: b as i64,
+        t: t as i64,
+        m: m as i64,
+        r: r as i64,
+        h: h as i64,
+        d: d as i64,
+        mode: if mode == XAttnMode::OnlyImmediate { 0 } else { 1 },
+        scale: 1.0 / (d as f32).sqrt(),
+    };
+    let (o, lse) = crate::cuda::ops::masked_xattn(s, q, k, v, &dev_media)?;
+    Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(o), q.shape(), OP, &[q, k, v], |out| {
+        let out = out.clone();
+        Box::new(move |g: &Tensor, inp: &[Tensor]| {
+            let (dq, dk, dv) = crate::cuda::ops::masked_xattn_backward(s, &inp[0], &inp[1], &inp[2], &dev_media, &out, &lse, &g.to_dtype(DType::F32)?)?;
+            let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(super::cuda_tensor(st, inp[i].shape())?)) } else { Ok(None) } };
+            Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
+        })
+    }))
 }
