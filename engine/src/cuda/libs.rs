@@ -124,6 +124,15 @@ pub fn preload(names: &[&str]) -> Result<String, String> {
     ))
 }
 
+/// `Ok` when cudarc can open `lib` after our preload.
+fn cudarc_sees(present: bool, lib: &str) -> Result<(), String> {
+    if present {
+        Ok(())
+    } else {
+        Err(format!("{lib} was found but cudarc could not open it"))
+    }
+}
+
 /// Loads NVRTC (and its builtins, which NVRTC itself opens by name). Cached.
 pub fn load_nvrtc() -> Result<(), String> {
     static R: OnceLock<Result<(), String>> = OnceLock::new();
@@ -133,11 +142,7 @@ pub fn load_nvrtc() -> Result<(), String> {
         let _ = preload(&[&format!("libnvrtc-builtins.so.{m}.0"), &format!("libnvrtc-builtins.so.{m}")]);
         preload(&[&format!("libnvrtc.so.{m}"), "libnvrtc.so"])?;
         // SAFETY: probing only opens the library; cudarc panics if it cannot, so ask first.
-        if unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            Ok(())
-        } else {
-            Err("libnvrtc was found but cudarc could not open it".into())
-        }
+        cudarc_sees(unsafe { cudarc::nvrtc::sys::is_culib_present() }, "libnvrtc")
     })
     .clone()
 }
@@ -148,11 +153,7 @@ pub fn load_driver() -> Result<(), String> {
     R.get_or_init(|| {
         preload(&["libcuda.so.1", "libcuda.so"]).map_err(|_| "no NVIDIA driver (libcuda.so.1 not found)".to_string())?;
         // SAFETY: as in load_nvrtc.
-        if unsafe { cudarc::driver::sys::is_culib_present() } {
-            Ok(())
-        } else {
-            Err("libcuda was found but cudarc could not open it".into())
-        }
+        cudarc_sees(unsafe { cudarc::driver::sys::is_culib_present() }, "libcuda")
     })
     .clone()
 }
@@ -165,11 +166,7 @@ pub fn load_cublas() -> Result<(), String> {
         let _ = preload(&[&format!("libcublasLt.so.{m}"), "libcublasLt.so"]);
         preload(&[&format!("libcublas.so.{m}"), "libcublas.so"])?;
         // SAFETY: as in load_nvrtc.
-        if unsafe { cudarc::cublas::sys::is_culib_present() } {
-            Ok(())
-        } else {
-            Err("libcublas was found but cudarc could not open it".into())
-        }
+        cudarc_sees(unsafe { cudarc::cublas::sys::is_culib_present() }, "libcublas")
     })
     .clone()
 }

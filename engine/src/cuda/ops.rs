@@ -580,7 +580,7 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize
             _ => None,
         };
         let view = as_operand(rows, cols, t.strides()[r - 2], t.strides()[r - 1]);
-        let (gpu_t, base) = parts(t, OP)?;
+        let (_, base) = parts(t, OP)?;
         let sz = dtype.size_in_bytes() as u64;
         match (view, even) {
             (Some((trans, ld)), Some(bs)) => Ok((MatOperand { ptr: base + bl.offset as u64 * sz, trans, ld, batch_stride: bs }, None)),
@@ -589,7 +589,6 @@ pub(crate) fn matmul(a: &Tensor, b: &Tensor, batch: &[usize], m: usize, k: usize
                 let mut full_shape = batch.to_vec();
                 full_shape.extend_from_slice(&[rows, cols]);
                 let s = cast(&t.broadcast_as(&full_shape)?, dtype)?;
-                let _ = gpu_t;
                 Ok((MatOperand { ptr: s.ptr, trans: false, ld: cols, batch_stride: rows * cols }, Some(s)))
             }
         }
