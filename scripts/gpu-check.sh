@@ -8,7 +8,7 @@
 #                                # one summary; copies the outputs to $OUT when set. < 8 minutes.
 #
 # With the device tool: build here, then
-#   run(command="bash scripts/gpu-check.sh run", carry=["dist/gpu-check"], timeout_s=540)
+#   run(command="bash scripts/gpu-check.sh run", carry=["dist/gpu-check"], timeout_s=420)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dist=dist/gpu-check
@@ -35,26 +35,36 @@ run)
     [ -x "$dist/flamingo" ] || { echo "gpu-check: $dist/flamingo missing: run 'scripts/gpu-check.sh build' first and carry $dist" >&2; exit 2; }
     out="${OUT:-/tmp/gpu-check-out}"
     mkdir -p "$out"
-    export FLAMINGO_CACHE_DIR="$out/cache"
-    # The GPU machine's CUDA libraries (NVRTC, cuBLAS) live here; our loader also searches it.
-    export FLAMINGO_CUDA_LIB="${FLAMINGO_CUDA_LIB:-/usr/local/cuda/lib64}"
+    # PTX cache outside $OUT: only 8 files come back from the device machine.
+    export FLAMINGO_CACHE_DIR=/tmp/flamingo-cache
+    # The GPU machine's CUDA libraries (NVRTC, cuBLAS): the toolkit's folder and the pip wheels of
+    # its Python; our loader also searches the usual places.
+    pylib=$(python3 -c 'import nvidia, os; print(os.pathsep.join(os.path.join(p, "cu13", "lib") for p in nvidia.__path__))' 2>/dev/null || true)
+    export FLAMINGO_CUDA_LIB="${FLAMINGO_CUDA_LIB:-/usr/local/cuda/lib64${pylib:+:$pylib}}"
     status=0
     {
         echo "== gpu-check $(cat "$dist/commit" 2>/dev/null) on $(hostname) at $(date -u +%FT%TZ)"
         nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1 || true
-    } | tee "$out/card.txt"
+        echo "FLAMINGO_CUDA_LIB=$FLAMINGO_CUDA_LIB"
+        ldconfig -p 2>/dev/null | grep -E "libcuda.so|libnvrtc|libcublas" | head -8
+        ls /usr/local/cuda/lib64 2>/dev/null | grep -E "nvrtc|cublas" | head -8
+    } 2>&1 | tee "$out/card.txt"
     echo "== cuda tests"
-    timeout 120 "$dist/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt" || status=1
+    timeout 90 "$dist/cuda-tests" --test-threads=1 --nocapture 2>&1 | tee "$out/tests.txt" || status=1
     echo "== selftest"
-    timeout 180 "$dist/flamingo" --device cuda selftest 2>&1 | tee "$out/selftest.txt" || status=1
+    timeout 100 "$dist/flamingo" --device cuda selftest 2>&1 | tee "$out/selftest.txt" || status=1
     echo "== bench --suite cuda"
-    timeout 240 "$dist/flamingo" --device cuda bench --suite cuda 2>&1 | tee "$out/bench.txt" || status=1
+    timeout 120 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
+    echo "== PyTorch masked cross-attention on the same card"
+    PYTHONUNBUFFERED=1 timeout 80 python3 benches/torch/masked_xattn_cuda.py 2>&1 | tee "$out/torch_xattn.txt" || status=1
     echo "== summary"
     {
         grep -E "^test result" "$out/tests.txt" || echo "cuda tests: no result line"
         grep -E "checks passed" "$out/selftest.txt" || echo "selftest: no summary line"
-        grep -E "FAIL" "$out/selftest.txt" || true
+        grep -E "FAIL" "$out/selftest.txt" | head -40 || true
         grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
+        grep -E "masked_xattn" "$out/bench.txt" || true
+        grep -E "^torch_" "$out/torch_xattn.txt" || true
     } | tee "$out/summary.txt"
     exit $status
     ;;
