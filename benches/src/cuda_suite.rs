@@ -181,10 +181,19 @@ pub fn run(dev: Device, cases_wanted: Option<&[String]>, quick: bool, mut progre
                 }
             }
         };
-        let ms = time_median_ms(&mut f, quick);
-        if let Some(e) = failed {
-            return Err(format!("case {}: {e}", c.name));
-        }
+        // A failing or panicking case is reported and skipped; the others still run.
+        let ms = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| time_median_ms(&mut f, quick)));
+        let ms = match (ms, failed) {
+            (Ok(ms), None) => ms,
+            (Ok(_), Some(e)) => {
+                eprintln!("  case {} failed: {e}", c.name);
+                continue;
+            }
+            (Err(_), _) => {
+                eprintln!("  case {} panicked (message above)", c.name);
+                continue;
+            }
+        };
         rows.push(BenchRow {
             suite: "cuda".into(),
             case: c.name.into(),

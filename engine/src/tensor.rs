@@ -176,7 +176,8 @@ impl Tensor {
     }
 
     fn record(storage: Arc<RwLock<Storage>>, layout: Layout, dtype: DType, op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
-        let device = inputs.first().map(|t| t.device()).unwrap_or(Device::Cpu);
+        // The storage says where the result lives (not the inputs: `to_device`'s input is elsewhere).
+        let device = storage.read().expect("storage lock poisoned").device();
         let track = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());
         let node = if track {
             let out = Tensor::from_parts(storage.clone(), layout.clone(), dtype, device, false, None);

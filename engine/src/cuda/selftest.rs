@@ -211,6 +211,15 @@ fn run_case(c: &Case, device: Device, dtype: DType, w_seed: u64) -> Result<(Tens
     Ok((out.detach(), grads))
 }
 
+/// Runs `f`, turning a panic into an error that carries its message, so that one broken case
+/// is reported as a failed check and the others still run.
+fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown payload".into());
+        Err(Error::Msg(format!("panicked: {msg}")))
+    })
+}
+
 /// Runs every check whose name contains `filter` (all when None) on `device` against the CPU,
 /// in f32 and bf16. `on_check` sees each result as it completes.
 pub fn run(device: Device, filter: Option<&str>, mut on_check: impl FnMut(&Check)) -> Result<Vec<Check>> {
@@ -219,10 +228,12 @@ pub fn run(device: Device, filter: Option<&str>, mut on_check: impl FnMut(&Check
     let mut rng = Rng::new(20261127);
     let mut out = Vec::new();
     let all = cases(&mut rng);
-    let mut extra = optimiser_checks(device, filter)?;
+    let mut extra = guard(|| optimiser_checks(device, filter)).unwrap_or_else(|e| {
+        vec![Check { name: "optimiser_checks".into(), dtype: DType::F32, max_err: f64::NAN, tol: 0.0, passed: false, note: e.to_string() }]
+    });
     for c in all.iter().filter(|c| filter.is_none_or(|f| c.name.contains(f))) {
         for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 3e-2)] {
-            let res = (|| -> Result<f64> {
+            let res = guard(|| -> Result<f64> {
                 let (ro, rg) = run_case(c, Device::Cpu, dtype, 7)?;
                 let (go, gg) = run_case(c, device, dtype, 7)?;
                 let mut worst = rel_err(&ro, &go)?;
@@ -234,7 +245,7 @@ pub fn run(device: Device, filter: Option<&str>, mut on_check: impl FnMut(&Check
                     }
                 }
                 Ok(worst)
-            })();
+            });
             let check = match res {
                 Ok(e) => Check { name: c.name.to_string(), dtype, max_err: e, tol, passed: e <= tol, note: String::new() },
                 Err(e) => Check { name: c.name.to_string(), dtype, max_err: f64::NAN, tol, passed: false, note: e.to_string() },
@@ -275,7 +286,7 @@ fn optimiser_checks(device: Device, filter: Option<&str>) -> Result<Vec<Check>> 
                 }
                 Ok(p.detach())
             };
-            record("adamw_step", dtype, tol, (|| rel_err(&run(Device::Cpu)?, &run(device)?))());
+            record("adamw_step", dtype, tol, guard(|| rel_err(&run(Device::Cpu)?, &run(device)?)));
         }
     }
     if want("sgd") {
@@ -288,11 +299,11 @@ fn optimiser_checks(device: Device, filter: Option<&str>) -> Result<Vec<Check>> 
             }
             Ok(p.detach())
         };
-        record("sgd_step", DType::F32, 1e-5, (|| rel_err(&run(Device::Cpu)?, &run(device)?))());
+        record("sgd_step", DType::F32, 1e-5, guard(|| rel_err(&run(Device::Cpu)?, &run(device)?)));
     }
     if want("dropout") {
         // Statistics (the GPU mask is counter-based, not the CPU's) and mask/backward agreement.
-        let r = (|| -> Result<f64> {
+        let r = guard(|| -> Result<f64> {
             let x = Tensor::ones(&[256, 256], DType::F32, Device::Cpu).to_device(device)?.requires_grad_(true);
             let y = x.dropout(0.25, true, &mut Rng::new(5))?;
             y.sum_all()?.backward()?;
@@ -303,14 +314,14 @@ fn optimiser_checks(device: Device, filter: Option<&str>) -> Result<Vec<Check>> 
                 return Err(Error::Msg(format!("{mismatch} gradient entries differ from the mask")));
             }
             Ok((kept - 0.75).abs())
-        })();
+        });
         record("dropout_keep_rate", DType::F32, 0.01, r);
     }
     if want("to_dtype") {
-        let r = (|| -> Result<f64> {
+        let r = guard(|| -> Result<f64> {
             let x = Tensor::randn(&[1000], DType::F32, &mut Rng::new(3));
             rel_err(&x.to_dtype(DType::BF16)?.to_dtype(DType::F32)?, &x.to_device(device)?.to_dtype(DType::BF16)?.to_dtype(DType::F32)?)
-        })();
+        });
         record("to_dtype_bf16_roundtrip", DType::BF16, 0.0, r);
     }
     Ok(v)
