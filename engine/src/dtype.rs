@@ -96,8 +96,11 @@ macro_rules! element {
 }
 element!(f32, F32, |v: f64| v as f32, |x: f32| x as f64);
 element!(f64, F64, |v: f64| v, |x: f64| x);
-element!(bf16, BF16, bf16::from_f64, |x: bf16| x.to_f64());
-element!(f16, F16, f16::from_f64, |x: f16| x.to_f64());
+// half's f64 → bf16/f16 conversions look only at the top 32 bits of the f64, so a value that came
+// from an f32 can be misrounded near a tie (seen against the GPU's exact round-to-nearest-even);
+// such values go through the exact f32 conversion.
+element!(bf16, BF16, |v: f64| if (v as f32) as f64 == v { bf16::from_f32(v as f32) } else { bf16::from_f64(v) }, |x: bf16| x.to_f64());
+element!(f16, F16, |v: f64| if (v as f32) as f64 == v { f16::from_f32(v as f32) } else { f16::from_f64(v) }, |x: f16| x.to_f64());
 element!(i64, I64, |v: f64| v as i64, |x: i64| x as f64);
 
 /// The types CPU kernels compute in: f32 and f64.
@@ -105,3 +108,19 @@ element!(i64, I64, |v: f64| v as i64, |x: i64| x as f64);
 pub trait FloatElement: Element + flamingo_kernels::cpu::Float + crate::pool::Pooled {}
 impl FloatElement for f32 {}
 impl FloatElement for f64 {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1 + 2⁻⁸ + 2⁻²³ is just above the tie between two bf16 neighbours: it must round up, as the
+    /// GPU's conversion does (found by the CUDA selftest's bf16 round trip).
+    #[test]
+    fn f32_values_round_to_nearest_bf16() {
+        let x = 1.0f32 + 2f32.powi(-8) + 2f32.powi(-23);
+        assert_eq!(<bf16 as Element>::from_f64(x as f64), bf16::from_f32(x));
+        assert_eq!(<bf16 as Element>::from_f64(x as f64).to_f32(), 1.0 + 2f32.powi(-7));
+        // An exact tie rounds to even.
+        assert_eq!(<bf16 as Element>::from_f64(1.0 + 2f64.powi(-8)).to_f32(), 1.0);
+    }
+}

@@ -98,13 +98,102 @@ __device__ __forceinline__ float unary_bwd(int op, float x, float y, float g, fl
     }
 }
 
+// ---- 16-byte packs for the contiguous kernels ------------------------------------------------
+// Pack<T>: N elements of T in one 16-byte load/store (4 f32 or 8 bf16), converted to f32.
+template <typename T> struct Pack;
+template <> struct Pack<float> {
+    static const int N = 4;
+    __device__ static void load(const float* p, i64 i, float* v) {
+        float4 a = __ldg(reinterpret_cast<const float4*>(p) + i);
+        v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    }
+    __device__ static void store(float* p, i64 i, const float* v) {
+        reinterpret_cast<float4*>(p)[i] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+template <> struct Pack<bf16_t> {
+    static const int N = 8;
+    __device__ static void load(const bf16_t* p, i64 i, float* v) {
+        uint4 a = __ldg(reinterpret_cast<const uint4*>(p) + i);
+        unsigned int w[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+        for (int k = 0; k < 4; ++k) { v[2 * k] = bf2f((bf16_t)(w[k] & 0xffffu)); v[2 * k + 1] = bf2f((bf16_t)(w[k] >> 16)); }
+    }
+    __device__ static void store(bf16_t* p, i64 i, const float* v) {
+        unsigned int w[4];
+#pragma unroll
+        for (int k = 0; k < 4; ++k) w[k] = (unsigned int)f2bf(v[2 * k]) | ((unsigned int)f2bf(v[2 * k + 1]) << 16);
+        reinterpret_cast<uint4*>(p)[i] = make_uint4(w[0], w[1], w[2], w[3]);
+    }
+};
+__device__ __forceinline__ bool aligned16(const void* p) { return ((unsigned long long)p & 15ull) == 0; }
+
+// out[i] = f(a[i], b[i], c[i]) over n contiguous elements: 16-byte packs when every pointer is
+// aligned (the caching allocator's blocks are; views with an offset may not be), scalars for the
+// tail and otherwise. Unused inputs may repeat another pointer.
+template <typename T, typename F>
+__device__ void map3(i64 n, const T* __restrict__ a, const T* __restrict__ b, const T* __restrict__ c, T* __restrict__ out, F f) {
+    const int N = Pack<T>::N;
+    i64 done = 0;
+    if (aligned16(a) && aligned16(b) && aligned16(c) && aligned16(out)) {
+        i64 nv = n / N;
+        GRID_STRIDE(i, nv) {
+            float va[N], vb[N], vc[N];
+            Pack<T>::load(a, i, va);
+            Pack<T>::load(b, i, vb);
+            Pack<T>::load(c, i, vc);
+#pragma unroll
+            for (int k = 0; k < N; ++k) va[k] = f(va[k], vb[k], vc[k]);
+            Pack<T>::store(out, i, va);
+        }
+        done = nv * N;
+    }
+    GRID_STRIDE(j, n - done) { i64 k = done + j; st(out, k, f(ld(a, k), ld(b, k), ld(c, k))); }
+}
+// As map3 with one and two inputs (no redundant loads).
+template <typename T, typename F>
+__device__ void map1(i64 n, const T* __restrict__ a, T* __restrict__ out, F f) {
+    const int N = Pack<T>::N;
+    i64 done = 0;
+    if (aligned16(a) && aligned16(out)) {
+        i64 nv = n / N;
+        GRID_STRIDE(i, nv) {
+            float va[N];
+            Pack<T>::load(a, i, va);
+#pragma unroll
+            for (int k = 0; k < N; ++k) va[k] = f(va[k]);
+            Pack<T>::store(out, i, va);
+        }
+        done = nv * N;
+    }
+    GRID_STRIDE(j, n - done) { i64 k = done + j; st(out, k, f(ld(a, k))); }
+}
+template <typename T, typename F>
+__device__ void map2(i64 n, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, F f) {
+    const int N = Pack<T>::N;
+    i64 done = 0;
+    if (aligned16(a) && aligned16(b) && aligned16(out)) {
+        i64 nv = n / N;
+        GRID_STRIDE(i, nv) {
+            float va[N], vb[N];
+            Pack<T>::load(a, i, va);
+            Pack<T>::load(b, i, vb);
+#pragma unroll
+            for (int k = 0; k < N; ++k) va[k] = f(va[k], vb[k]);
+            Pack<T>::store(out, i, va);
+        }
+        done = nv * N;
+    }
+    GRID_STRIDE(j, n - done) { i64 k = done + j; st(out, k, f(ld(a, k), ld(b, k))); }
+}
+
 template <typename T>
 __device__ void unary_t(i64 n, int op, float p0, float p1, const T* __restrict__ x, T* __restrict__ y) {
-    GRID_STRIDE(i, n) { st(y, i, unary_fwd(op, ld(x, i), p0, p1)); }
+    map1(n, x, y, [=](float v) { return unary_fwd(op, v, p0, p1); });
 }
 template <typename T>
 __device__ void unary_bwd_t(i64 n, int op, float p0, const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ g, T* __restrict__ dx) {
-    GRID_STRIDE(i, n) { st(dx, i, unary_bwd(op, ld(x, i), ld(y, i), ld(g, i), p0)); }
+    map3(n, x, y, g, dx, [=](float xv, float yv, float gv) { return unary_bwd(op, xv, yv, gv, p0); });
 }
 extern "C" __global__ void unary_f32(i64 n, int op, float p0, float p1, const float* x, float* y) { unary_t(n, op, p0, p1, x, y); }
 extern "C" __global__ void unary_bf16(i64 n, int op, float p0, float p1, const bf16_t* x, bf16_t* y) { unary_t(n, op, p0, p1, x, y); }
@@ -135,7 +224,7 @@ __device__ void binary_t(i64 n, int op, Layout la, const T* a, Layout lb, const 
 // Both operands contiguous and of the output's shape: no index arithmetic.
 template <typename T>
 __device__ void binary_contig_t(i64 n, int op, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out) {
-    GRID_STRIDE(i, n) { st(out, i, binary_apply(op, ld(a, i), ld(b, i))); }
+    map2(n, a, b, out, [=](float x, float y) { return binary_apply(op, x, y); });
 }
 extern "C" __global__ void binary_f32(i64 n, int op, Layout la, const float* a, Layout lb, const float* b, float* o) { binary_t(n, op, la, a, lb, b, o); }
 extern "C" __global__ void binary_bf16(i64 n, int op, Layout la, const bf16_t* a, Layout lb, const bf16_t* b, bf16_t* o) { binary_t(n, op, la, a, lb, b, o); }

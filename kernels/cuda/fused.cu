@@ -183,3 +183,366 @@ extern "C" __global__ void masked_xattn_bwd_f32(XAttnDims s, const float* __rest
         for (int i = 0; i < FL_XA_PER_LANE; ++i) { i64 d = lane + 32 * i; if (d < s.d) dqr[d] = dqv[i]; }
     }
 }
+
+// ---- masked cross-attention, tiled (the default; the warp-per-row kernels above serve D > 128) --
+// Work comes in tiles: ≤ TQ consecutive tokens of one batch row sharing one media index, built on
+// the host (`tiles`: [n_tiles, 4] i64 = b, t0, len, mi). A tile attends to one contiguous range of
+// the [M·R] key axis (medium mi−1, or media 0..mi−1), so every block runs small dense matrix
+// products out of shared memory: S = Q·Kᵀ, online softmax, O += P·V. The backward is two kernels:
+// dQ per tile (it also stores δ = rowsum(dO∘O)), and dK, dV per (b, medium, chunk of KC keys),
+// which walks the tiles that see that medium (a CSR list from the host) — every key gradient is
+// written by exactly one block, in a fixed order: no atomics, no zero fill, deterministic.
+// Inputs and outputs are f32 or bf16 (T); everything on chip is f32. 128 threads per block.
+//
+// Register tiles: a block computes C [ROWS × COLS]; thread (tr, tc) = (tid / (COLS/CT), tid %
+// (COLS/CT)) owns rows tr + i·(ROWS/RT) and columns tc + j·(COLS/CT). Shared rows are padded to an
+// odd length so that the strided reads of a warp fall in distinct banks.
+#define XA_THREADS 128
+__device__ __forceinline__ float xld(const float* p, i64 i) { return p[i]; }
+__device__ __forceinline__ float xld(const bf16_t* p, i64 i) { return bf2f(p[i]); }
+__device__ __forceinline__ void xst(float* p, i64 i, float v) { p[i] = v; }
+__device__ __forceinline__ void xst(bf16_t* p, i64 i, float v) { p[i] = f2bf(v); }
+
+// acc += A·Bᵀ, A [ROWS][lda], B [COLS][ldb], over kk < K.
+template <int ROWS, int COLS, int RT, int CT>
+__device__ __forceinline__ void mm_abt(float (&acc)[RT][CT], const float* A, int lda, const float* B, int ldb, int K) {
+    const int tr = threadIdx.x / (COLS / CT), tc = threadIdx.x % (COLS / CT);
+    for (int kk = 0; kk < K; ++kk) {
+        float a[RT], b[CT];
+#pragma unroll
+        for (int i = 0; i < RT; ++i) a[i] = A[(tr + i * (ROWS / RT)) * lda + kk];
+#pragma unroll
+        for (int j = 0; j < CT; ++j) b[j] = B[(tc + j * (COLS / CT)) * ldb + kk];
+#pragma unroll
+        for (int i = 0; i < RT; ++i)
+#pragma unroll
+            for (int j = 0; j < CT; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+// acc += A·B, A [ROWS][lda] (K along a row), B [K][ldb].
+template <int ROWS, int COLS, int RT, int CT>
+__device__ __forceinline__ void mm_ab(float (&acc)[RT][CT], const float* A, int lda, const float* B, int ldb, int K) {
+    const int tr = threadIdx.x / (COLS / CT), tc = threadIdx.x % (COLS / CT);
+    for (int kk = 0; kk < K; ++kk) {
+        float a[RT], b[CT];
+#pragma unroll
+        for (int i = 0; i < RT; ++i) a[i] = A[(tr + i * (ROWS / RT)) * lda + kk];
+#pragma unroll
+        for (int j = 0; j < CT; ++j) b[j] = B[kk * ldb + tc + j * (COLS / CT)];
+#pragma unroll
+        for (int i = 0; i < RT; ++i)
+#pragma unroll
+            for (int j = 0; j < CT; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+// acc += Aᵀ·B, A [K][lda] (C's rows along A's columns), B [K][ldb].
+template <int ROWS, int COLS, int RT, int CT>
+__device__ __forceinline__ void mm_atb(float (&acc)[RT][CT], const float* A, int lda, const float* B, int ldb, int K) {
+    const int tr = threadIdx.x / (COLS / CT), tc = threadIdx.x % (COLS / CT);
+    for (int kk = 0; kk < K; ++kk) {
+        float a[RT], b[CT];
+#pragma unroll
+        for (int i = 0; i < RT; ++i) a[i] = A[kk * lda + tr + i * (ROWS / RT)];
+#pragma unroll
+        for (int j = 0; j < CT; ++j) b[j] = B[kk * ldb + tc + j * (COLS / CT)];
+#pragma unroll
+        for (int i = 0; i < RT; ++i)
+#pragma unroll
+            for (int j = 0; j < CT; ++j) acc[i][j] += a[i] * b[j];
+    }
+}
+template <int ROWS, int COLS, int RT, int CT>
+__device__ __forceinline__ int frag_row(int i) { return threadIdx.x / (COLS / CT) + i * (ROWS / RT); }
+template <int ROWS, int COLS, int RT, int CT>
+__device__ __forceinline__ int frag_col(int j) { return threadIdx.x % (COLS / CT) + j * (COLS / CT); }
+
+// Loads `n` rows (of the [.., H, D] layout: row r at base + r·row_stride) into dst [ROWS][LD],
+// times `scale`; rows n..ROWS and columns D..DM are zero.
+template <typename T, int ROWS, int DM, int LD>
+__device__ __forceinline__ void xa_load(float* dst, const T* src, i64 base, i64 row_stride, int n, int d, float scale) {
+    for (int e = threadIdx.x; e < ROWS * DM; e += XA_THREADS) {
+        int r = e / DM, c = e % DM;
+        dst[r * LD + c] = (r < n && c < d) ? xld(src, base + r * row_stride + c) * scale : 0.0f;
+    }
+}
+// The key range of a tile with media index mi (≥ 1), in units of the [M·R] key axis.
+__device__ __forceinline__ void xa_range(const XAttnDims& s, i64 mi, i64* first, i64* count) {
+    if (s.mode == 0) { *first = (mi - 1) * s.r; *count = s.r; } else { *first = 0; *count = mi * s.r; }
+}
+
+// Forward: one block per (tile, head). O = softmax(Q·Kᵀ·scale)·V over the tile's keys, lse saved.
+template <typename T, int TQ, int KC, int DM, int SRT, int SCT, int ORT, int OCT>
+__device__ void xa_fwd(const XAttnDims& s, const i64* __restrict__ tiles, const T* __restrict__ q, const T* __restrict__ k,
+                       const T* __restrict__ v, T* __restrict__ o, float* __restrict__ lse) {
+    constexpr int LD = DM + 1, LP = KC + 1;
+    __shared__ float qs[TQ * LD], ks[KC * LD], vs[KC * LD], ps[TQ * LP];
+    __shared__ float row_m[TQ], row_l[TQ], row_c[TQ];
+    const i64 h = blockIdx.x % s.h, tile = blockIdx.x / s.h;
+    const i64 b = tiles[4 * tile], t0 = tiles[4 * tile + 1], mi = tiles[4 * tile + 3];
+    const int len = (int)tiles[4 * tile + 2], d = (int)s.d;
+    const i64 qrow = s.h * s.d;                   // stride between tokens in q, o
+    const i64 qbase = ((b * s.t + t0) * s.h + h) * s.d;
+    if (mi <= 0) {                                // no image yet: exact zeros
+        for (int e = threadIdx.x; e < len * d; e += XA_THREADS) xst(o, qbase + (e / d) * qrow + e % d, 0.0f);
+        for (int r = threadIdx.x; r < len; r += XA_THREADS) lse[(b * s.t + t0 + r) * s.h + h] = 0.0f;
+        return;
+    }
+    xa_load<T, TQ, DM, LD>(qs, q, qbase, qrow, len, d, s.scale);
+    for (int r = threadIdx.x; r < TQ; r += XA_THREADS) { row_m[r] = FL_NEG_INF; row_l[r] = 0.0f; }
+    float acc[ORT][OCT];
+#pragma unroll
+    for (int i = 0; i < ORT; ++i)
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) acc[i][j] = 0.0f;
+    i64 first, count;
+    xa_range(s, mi, &first, &count);
+    for (i64 c0 = first; c0 < first + count; c0 += KC) {
+        const int kc = (int)min((i64)KC, first + count - c0);
+        const i64 kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+        __syncthreads();  // the previous chunk's readers of ks, vs, ps are done
+        xa_load<T, KC, DM, LD>(ks, k, kbase, qrow, kc, d, 1.0f);
+        xa_load<T, KC, DM, LD>(vs, v, kbase, qrow, kc, d, 1.0f);
+        __syncthreads();
+        float sc[SRT][SCT];
+#pragma unroll
+        for (int i = 0; i < SRT; ++i)
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) sc[i][j] = 0.0f;
+        mm_abt<TQ, KC, SRT, SCT>(sc, qs, LD, ks, LD, d);
+#pragma unroll
+        for (int i = 0; i < SRT; ++i)
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) {
+                int c = frag_col<TQ, KC, SRT, SCT>(j);
+                ps[frag_row<TQ, KC, SRT, SCT>(i) * LP + c] = c < kc ? sc[i][j] : FL_NEG_INF;
+            }
+        __syncthreads();
+        // Online softmax, one thread per row.
+        for (int r = threadIdx.x; r < TQ; r += XA_THREADS) {
+            float mx = row_m[r];
+            for (int c = 0; c < kc; ++c) mx = fmaxf(mx, ps[r * LP + c]);
+            float corr = expf(row_m[r] - mx), sum = 0.0f;
+            for (int c = 0; c < KC; ++c) {
+                float p = c < kc ? expf(ps[r * LP + c] - mx) : 0.0f;
+                ps[r * LP + c] = p;
+                sum += p;
+            }
+            row_l[r] = row_l[r] * corr + sum;
+            row_m[r] = mx;
+            row_c[r] = corr;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < ORT; ++i) {
+            float corr = row_c[frag_row<TQ, DM, ORT, OCT>(i)];
+#pragma unroll
+            for (int j = 0; j < OCT; ++j) acc[i][j] *= corr;
+        }
+        mm_ab<TQ, DM, ORT, OCT>(acc, ps, LP, vs, LD, kc);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int i = 0; i < ORT; ++i) {
+        int r = frag_row<TQ, DM, ORT, OCT>(i);
+        if (r >= len) continue;
+        float inv = 1.0f / row_l[r];
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) {
+            int c = frag_col<TQ, DM, ORT, OCT>(j);
+            if (c < d) xst(o, qbase + r * qrow + c, acc[i][j] * inv);
+        }
+    }
+    for (int r = threadIdx.x; r < len; r += XA_THREADS) lse[(b * s.t + t0 + r) * s.h + h] = row_m[r] + logf(row_l[r]);
+}
+
+// Backward, part 1: one block per (tile, head). δ = rowsum(dO∘O) (stored for part 2),
+// P = exp(Q·Kᵀ·scale − lse), dS = P∘(dO·Vᵀ − δ), dQ = dS·K·scale.
+template <typename T, int TQ, int KC, int DM, int SRT, int SCT, int ORT, int OCT>
+__device__ void xa_bwd_dq(const XAttnDims& s, const i64* __restrict__ tiles, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                          const T* __restrict__ o, const T* __restrict__ d_o, const float* __restrict__ lse, T* __restrict__ dq, float* __restrict__ delta) {
+    constexpr int LD = DM + 1, LP = KC + 1;
+    __shared__ float qs[TQ * LD], dos[TQ * LD], ks[KC * LD], vs[KC * LD], ps[TQ * LP];
+    __shared__ float row_lse[TQ], row_d[TQ];
+    const i64 h = blockIdx.x % s.h, tile = blockIdx.x / s.h;
+    const i64 b = tiles[4 * tile], t0 = tiles[4 * tile + 1], mi = tiles[4 * tile + 3];
+    const int len = (int)tiles[4 * tile + 2], d = (int)s.d;
+    const i64 qrow = s.h * s.d;
+    const i64 qbase = ((b * s.t + t0) * s.h + h) * s.d;
+    if (mi <= 0) {
+        for (int e = threadIdx.x; e < len * d; e += XA_THREADS) xst(dq, qbase + (e / d) * qrow + e % d, 0.0f);
+        for (int r = threadIdx.x; r < len; r += XA_THREADS) delta[(b * s.t + t0 + r) * s.h + h] = 0.0f;
+        return;
+    }
+    xa_load<T, TQ, DM, LD>(qs, q, qbase, qrow, len, d, s.scale);
+    xa_load<T, TQ, DM, LD>(dos, d_o, qbase, qrow, len, d, 1.0f);
+    // δ from the stored output, one warp per row.
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int r = warp; r < TQ; r += XA_THREADS / 32) {
+        float part = 0.0f;
+        if (r < len)
+            for (int c = lane; c < d; c += 32) part += xld(d_o, qbase + r * qrow + c) * xld(o, qbase + r * qrow + c);
+        part = warp_sum(part);
+        if (lane == 0) {
+            row_d[r] = part;
+            row_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+            if (r < len) delta[(b * s.t + t0 + r) * s.h + h] = part;
+        }
+    }
+    float acc[ORT][OCT];
+#pragma unroll
+    for (int i = 0; i < ORT; ++i)
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) acc[i][j] = 0.0f;
+    i64 first, count;
+    xa_range(s, mi, &first, &count);
+    for (i64 c0 = first; c0 < first + count; c0 += KC) {
+        const int kc = (int)min((i64)KC, first + count - c0);
+        const i64 kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+        __syncthreads();
+        xa_load<T, KC, DM, LD>(ks, k, kbase, qrow, kc, d, 1.0f);
+        xa_load<T, KC, DM, LD>(vs, v, kbase, qrow, kc, d, 1.0f);
+        __syncthreads();
+        float sc[SRT][SCT], dp[SRT][SCT];
+#pragma unroll
+        for (int i = 0; i < SRT; ++i)
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) { sc[i][j] = 0.0f; dp[i][j] = 0.0f; }
+        mm_abt<TQ, KC, SRT, SCT>(sc, qs, LD, ks, LD, d);
+        mm_abt<TQ, KC, SRT, SCT>(dp, dos, LD, vs, LD, d);
+#pragma unroll
+        for (int i = 0; i < SRT; ++i) {
+            int r = frag_row<TQ, KC, SRT, SCT>(i);
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) {
+                int c = frag_col<TQ, KC, SRT, SCT>(j);
+                float p = (c < kc && r < len) ? expf(sc[i][j] - row_lse[r]) : 0.0f;
+                ps[r * LP + c] = p * (dp[i][j] - row_d[r]);
+            }
+        }
+        __syncthreads();
+        mm_ab<TQ, DM, ORT, OCT>(acc, ps, LP, ks, LD, kc);
+    }
+#pragma unroll
+    for (int i = 0; i < ORT; ++i) {
+        int r = frag_row<TQ, DM, ORT, OCT>(i);
+        if (r >= len) continue;
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) {
+            int c = frag_col<TQ, DM, ORT, OCT>(j);
+            if (c < d) xst(dq, qbase + r * qrow + c, acc[i][j] * s.scale);
+        }
+    }
+}
+
+// Backward, part 2: one block per (b, medium, chunk of KC keys of that medium, head).
+// Walks the tiles that see the medium (list_off / list_tiles, CSR over b·M + medium):
+// dV += Pᵀ·dO, dK += dSᵀ·(Q·scale). Keys no tile sees get zeros.
+template <typename T, int TQ, int KC, int DM, int SRT, int SCT, int ORT, int OCT>
+__device__ void xa_bwd_dkdv(const XAttnDims& s, const i64* __restrict__ tiles, const i64* __restrict__ list_off, const i64* __restrict__ list_tiles,
+                            const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v, const T* __restrict__ d_o,
+                            const float* __restrict__ lse, const float* __restrict__ delta, T* __restrict__ dk, T* __restrict__ dv) {
+    constexpr int LD = DM + 1, LP = KC + 1;
+    __shared__ float qs[TQ * LD], dos[TQ * LD], ks[KC * LD], vs[KC * LD], ps[TQ * LP];
+    __shared__ float row_lse[TQ], row_d[TQ];
+    const i64 chunks = (s.r + KC - 1) / KC;
+    const i64 h = blockIdx.x % s.h, rest = blockIdx.x / s.h;
+    const i64 chunk = rest % chunks, bm = rest / chunks;  // bm = b·M + medium
+    const i64 b = bm / s.m, medium = bm % s.m;
+    const i64 c0 = medium * s.r + chunk * KC;              // first key on the [M·R] axis
+    const int kc = (int)min((i64)KC, s.r - chunk * KC), d = (int)s.d;
+    const i64 qrow = s.h * s.d;
+    const i64 kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+    xa_load<T, KC, DM, LD>(ks, k, kbase, qrow, kc, d, 1.0f);
+    xa_load<T, KC, DM, LD>(vs, v, kbase, qrow, kc, d, 1.0f);
+    float adk[ORT][OCT], adv[ORT][OCT];
+#pragma unroll
+    for (int i = 0; i < ORT; ++i)
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) { adk[i][j] = 0.0f; adv[i][j] = 0.0f; }
+    for (i64 li = list_off[bm]; li < list_off[bm + 1]; ++li) {
+        const i64 tile = list_tiles[li];
+        const i64 t0 = tiles[4 * tile + 1];
+        const int len = (int)tiles[4 * tile + 2];
+        const i64 qbase = ((b * s.t + t0) * s.h + h) * s.d;
+        __syncthreads();  // the previous tile's readers of qs, dos, ps are done
+        xa_load<T, TQ, DM, LD>(qs, q, qbase, qrow, len, d, s.scale);
+        xa_load<T, TQ, DM, LD>(dos, d_o, qbase, qrow, len, d, 1.0f);
+        for (int r = threadIdx.x; r < TQ; r += XA_THREADS) {
+            row_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+            row_d[r] = r < len ? delta[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+        }
+        __syncthreads();
+        float sc[SRT][SCT], dp[SRT][SCT];
+#pragma unroll
+        for (int i = 0; i < SRT; ++i)
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) { sc[i][j] = 0.0f; dp[i][j] = 0.0f; }
+        mm_abt<TQ, KC, SRT, SCT>(sc, qs, LD, ks, LD, d);
+        mm_abt<TQ, KC, SRT, SCT>(dp, dos, LD, vs, LD, d);
+        // P first (for dV), then dS (for dK) in the same buffer.
+#pragma unroll
+        for (int i = 0; i < SRT; ++i) {
+            int r = frag_row<TQ, KC, SRT, SCT>(i);
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) {
+                int c = frag_col<TQ, KC, SRT, SCT>(j);
+                float p = (c < kc && r < len) ? expf(sc[i][j] - row_lse[r]) : 0.0f;
+                sc[i][j] = p;
+                ps[r * LP + c] = p;
+            }
+        }
+        __syncthreads();
+        mm_atb<KC, DM, ORT, OCT>(adv, ps, LP, dos, LD, TQ);
+        __syncthreads();
+#pragma unroll
+        for (int i = 0; i < SRT; ++i) {
+            int r = frag_row<TQ, KC, SRT, SCT>(i);
+#pragma unroll
+            for (int j = 0; j < SCT; ++j) ps[r * LP + frag_col<TQ, KC, SRT, SCT>(j)] = sc[i][j] * (dp[i][j] - row_d[r]);
+        }
+        __syncthreads();
+        mm_atb<KC, DM, ORT, OCT>(adk, ps, LP, qs, LD, TQ);
+    }
+#pragma unroll
+    for (int i = 0; i < ORT; ++i) {
+        int r = frag_row<KC, DM, ORT, OCT>(i);
+        if (r >= kc) continue;
+#pragma unroll
+        for (int j = 0; j < OCT; ++j) {
+            int c = frag_col<KC, DM, ORT, OCT>(j);
+            if (c < d) {
+                xst(dk, kbase + r * qrow + c, adk[i][j]);
+                xst(dv, kbase + r * qrow + c, adv[i][j]);
+            }
+        }
+    }
+}
+
+// Instances: D ≤ 64 with 32-token tiles and 32-key chunks; D ≤ 128 with 16 and 16.
+#define XA_INSTANCES(T, TN)                                                                                                      \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_fwd_##TN##_d64(XAttnDims s, const i64* tiles, const T* q, const T* k, const T* v, T* o, float* lse) { \
+        xa_fwd<T, 32, 32, 64, 2, 4, 4, 4>(s, tiles, q, k, v, o, lse);                                                              \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_fwd_##TN##_d128(XAttnDims s, const i64* tiles, const T* q, const T* k, const T* v, T* o, float* lse) { \
+        xa_fwd<T, 16, 16, 128, 1, 2, 2, 8>(s, tiles, q, k, v, o, lse);                                                             \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dq_##TN##_d64(XAttnDims s, const i64* tiles, const T* q, const T* k, const T* v, const T* o, \
+                                                                                  const T* d_o, const float* lse, T* dq, float* delta) { \
+        xa_bwd_dq<T, 32, 32, 64, 2, 4, 4, 4>(s, tiles, q, k, v, o, d_o, lse, dq, delta);                                             \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dq_##TN##_d128(XAttnDims s, const i64* tiles, const T* q, const T* k, const T* v, const T* o, \
+                                                                                   const T* d_o, const float* lse, T* dq, float* delta) { \
+        xa_bwd_dq<T, 16, 16, 128, 1, 2, 2, 8>(s, tiles, q, k, v, o, d_o, lse, dq, delta);                                            \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dkdv_##TN##_d64(XAttnDims s, const i64* tiles, const i64* list_off, const i64* list_tiles, \
+                                                                                    const T* q, const T* k, const T* v, const T* d_o, const float* lse, \
+                                                                                    const float* delta, T* dk, T* dv) {               \
+        xa_bwd_dkdv<T, 32, 32, 64, 2, 4, 4, 4>(s, tiles, list_off, list_tiles, q, k, v, d_o, lse, delta, dk, dv);                    \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dkdv_##TN##_d128(XAttnDims s, const i64* tiles, const i64* list_off, const i64* list_tiles, \
+                                                                                     const T* q, const T* k, const T* v, const T* d_o, const float* lse, \
+                                                                                     const float* delta, T* dk, T* dv) {              \
+        xa_bwd_dkdv<T, 16, 16, 128, 1, 2, 2, 8>(s, tiles, list_off, list_tiles, q, k, v, d_o, lse, delta, dk, dv);                   \
+    }
+XA_INSTANCES(float, f32)
+XA_INSTANCES(bf16_t, bf16)

@@ -15,6 +15,10 @@ const ROW_BLOCK: u32 = 256;
 fn grid(n: usize, block: u32) -> u32 {
     n.div_ceil(block as usize).clamp(1, 1 << 20) as u32
 }
+/// Blocks for the contiguous elementwise kernels, which take 16 bytes (4 f32, 8 bf16) per thread.
+fn packed_grid(n: usize, dtype: DType) -> u32 {
+    grid(n.div_ceil(16 / dtype.size_in_bytes().clamp(1, 16)), BLOCK)
+}
 fn rows_grid(rows: usize) -> u32 {
     rows.clamp(1, 1 << 20) as u32
 }
@@ -202,7 +206,7 @@ pub(crate) fn unary(op: flamingo_kernels::cpu::elementwise::UnaryOp, x: &Tensor)
     let (code, p0, p1) = unary_code(op);
     let name = kname(OP, &[("f32", "unary_f32"), ("bf16", "unary_bf16")], dtype_tag(OP, x.dtype())?)?;
     if n > 0 {
-        gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, p0, p1, xp, out.ptr])?;
+        gpu.launch("elementwise", name, packed_grid(n, x.dtype()), BLOCK, &mut args![n as i64, code, p0, p1, xp, out.ptr])?;
     }
     Ok(out)
 }
@@ -218,7 +222,7 @@ pub(crate) fn unary_backward(op: flamingo_kernels::cpu::elementwise::UnaryOp, x:
     let (code, p0, _) = unary_code(op);
     let name = kname(OP, &[("f32", "unary_bwd_f32"), ("bf16", "unary_bwd_bf16")], dtype_tag(OP, x.dtype())?)?;
     if n > 0 {
-        gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, p0, xp, yp, gp, out.ptr])?;
+        gpu.launch("elementwise", name, packed_grid(n, x.dtype()), BLOCK, &mut args![n as i64, code, p0, xp, yp, gp, out.ptr])?;
     }
     Ok(out)
 }
@@ -237,7 +241,7 @@ pub(crate) fn binary(code: i32, a: &Tensor, b: &Tensor, shape: &[usize], op: &'s
         let sz = a.dtype().size_in_bytes() as u64;
         let name = kname(op, &[("f32", "binary_contig_f32"), ("bf16", "binary_contig_bf16")], tag)?;
         let (pa, pb) = (ab + a.layout().offset as u64 * sz, bb + b.layout().offset as u64 * sz);
-        return gpu.launch("elementwise", name, grid(n, BLOCK), BLOCK, &mut args![n as i64, code, pa, pb, out.ptr]).map(|_| out);
+        return gpu.launch("elementwise", name, packed_grid(n, a.dtype()), BLOCK, &mut args![n as i64, code, pa, pb, out.ptr]).map(|_| out);
     }
     let la = a.layout().broadcast_to(shape, op)?;
     let lb = b.layout().broadcast_to(shape, op)?;
@@ -872,6 +876,146 @@ pub(crate) struct XAttnDims {
     pub mode: i32,
     pub scale: f32,
 }
+
+/// The work list of the tiled cross-attention kernels (kernels/cuda/fused.cu), built on the host
+/// from the media index: `tiles` [n, 4] = (b, t0, len, mi) — runs of ≤ `tq` tokens with one media
+/// index — and, per (b, medium), the tiles that attend to it (CSR: `list_off` [B·M + 1],
+/// `list_tiles`).
+pub(crate) struct XAttnPlan {
+    pub tiles: CudaStorage,
+    pub n_tiles: usize,
+    pub list_off: CudaStorage,
+    pub list_tiles: CudaStorage,
+    /// Tokens per tile and keys per chunk of the kernel instance (32 for D ≤ 64, 16 for D ≤ 128).
+    pub tq: usize,
+    /// "d64" or "d128".
+    pub variant: &'static str,
+}
+
+/// The tiled kernels serve head dims up to 128 (f32 and bf16); larger ones use the warp-per-row
+/// kernels (f32).
+pub(crate) fn xattn_tiled_variant(d: usize) -> Option<(&'static str, usize)> {
+    match d {
+        0..=64 => Some(("d64", 32)),
+        65..=128 => Some(("d128", 16)),
+        _ => None,
+    }
+}
+
+/// Builds and uploads the tile plan for validated `media` [B·T] (values 0..=M).
+pub(crate) fn xattn_plan(gpu: &Arc<Gpu>, s: &XAttnDims, media: &[i64]) -> Result<Option<XAttnPlan>> {
+    let Some((variant, tq)) = xattn_tiled_variant(s.d as usize) else { return Ok(None) };
+    let (b, t, m) = (s.b as usize, s.t as usize, s.m as usize);
+    let mut tiles: Vec<i64> = Vec::new();
+    for bi in 0..b {
+        let row = &media[bi * t..(bi + 1) * t];
+        let mut t0 = 0;
+        while t0 < t {
+            let mi = row[t0];
+            let mut end = t0 + 1;
+            while end < t && end - t0 < tq && row[end] == mi {
+                end += 1;
+            }
+            tiles.extend_from_slice(&[bi as i64, t0 as i64, (end - t0) as i64, mi]);
+            t0 = end;
+        }
+    }
+    let n_tiles = tiles.len() / 4;
+    // Per (b, medium j): the tiles whose keys include medium j.
+    let mut lists: Vec<Vec<i64>> = vec![Vec::new(); b * m];
+    for (id, tile) in tiles.chunks_exact(4).enumerate() {
+        let (bi, mi) = (tile[0] as usize, tile[3]);
+        if mi <= 0 {
+            continue;
+        }
+        let media_seen = if s.mode == 0 { (mi as usize - 1)..mi as usize } else { 0..mi as usize };
+        for j in media_seen {
+            lists[bi * m + j].push(id as i64);
+        }
+    }
+    let mut off = Vec::with_capacity(b * m + 1);
+    off.push(0i64);
+    let mut flat = Vec::new();
+    for l in &lists {
+        flat.extend_from_slice(l);
+        off.push(flat.len() as i64);
+    }
+    if flat.is_empty() {
+        flat.push(0); // no zero-sized allocations; never read (every list is empty)
+    }
+    Ok(Some(XAttnPlan { tiles: upload_i64(gpu, &tiles)?, n_tiles, list_off: upload_i64(gpu, &off)?, list_tiles: upload_i64(gpu, &flat)?, tq, variant }))
+}
+
+fn xattn_dtype_tag(op: &'static str, dtype: DType) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("f32"),
+        DType::BF16 => Ok("bf16"),
+        other => Err(Error::UnsupportedDType { op, dtype: other }),
+    }
+}
+
+/// Kernel names are built from parts at run time; the loader wants `&'static str`.
+fn xattn_kernel(kind: &str, tag: &str, variant: &str) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, &'static str>>> = std::sync::OnceLock::new();
+    let name = format!("xa_{kind}_{tag}_{variant}");
+    let mut map = NAMES.get_or_init(Default::default).lock().expect("kernel name table poisoned");
+    map.entry(name.clone()).or_insert_with(|| Box::leak(name.into_boxed_str()))
+}
+
+/// Tiled masked cross-attention forward: `(o [B,T,H,D] in q's dtype, lse [B,T,H] f32)`.
+pub(crate) fn masked_xattn_tiled(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "masked_cross_attention";
+    let tag = xattn_dtype_tag(OP, q.dtype())?;
+    let (gpu, qp, _kq) = contig(q, OP)?;
+    let (_, kp, _kk) = contig(k, OP)?;
+    let (_, vp, _kv) = contig(v, OP)?;
+    let o = CudaStorage::alloc(&gpu, q.dtype(), q.numel())?;
+    let lse = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.t * s.h) as usize)?;
+    let blocks = plan.n_tiles * s.h as usize;
+    if blocks > 0 && s.d > 0 {
+        gpu.launch("fused", xattn_kernel("fwd", tag, plan.variant), blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, o.ptr, lse.ptr])?;
+    }
+    Ok((o, lse))
+}
+
+/// Tiled masked cross-attention backward: `(dq, dk, dv)` in q's dtype.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn masked_xattn_tiled_backward(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    const OP: &str = "masked_cross_attention_backward";
+    let tag = xattn_dtype_tag(OP, q.dtype())?;
+    let d_o = if d_o.dtype() != q.dtype() { d_o.to_dtype(q.dtype())? } else { d_o.clone() };
+    let (gpu, qp, _kq) = contig(q, OP)?;
+    let (_, kp, _kk) = contig(k, OP)?;
+    let (_, vp, _kv) = contig(v, OP)?;
+    let (_, op_, _ko) = contig(o, OP)?;
+    let (_, gp, _kg) = contig(&d_o, OP)?;
+    let dq = CudaStorage::alloc(&gpu, q.dtype(), q.numel())?;
+    let dk = CudaStorage::alloc(&gpu, q.dtype(), k.numel())?;
+    let dv = CudaStorage::alloc(&gpu, q.dtype(), v.numel())?;
+    let delta = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.t * s.h).max(1) as usize)?;
+    if s.d == 0 {
+        return Ok((dq, dk, dv));
+    }
+    let blocks = plan.n_tiles * s.h as usize;
+    if blocks > 0 {
+        gpu.launch("fused", xattn_kernel("bwd_dq", tag, plan.variant), blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, op_, gp, lse.ptr, dq.ptr, delta.ptr])?;
+    }
+    let chunks = (s.r as usize).div_ceil(plan.tq);
+    let kv_blocks = (s.b * s.m * s.h) as usize * chunks;
+    if kv_blocks > 0 {
+        gpu.launch(
+            "fused",
+            xattn_kernel("bwd_dkdv", tag, plan.variant),
+            kv_blocks as u32,
+            XA_THREADS,
+            &mut args![s, plan.tiles.ptr, plan.list_off.ptr, plan.list_tiles.ptr, qp, kp, vp, gp, lse.ptr, delta.ptr, dk.ptr, dv.ptr],
+        )?;
+    }
+    Ok((dq, dk, dv))
+}
+
+/// Threads per block of the tiled cross-attention kernels (XA_THREADS in fused.cu).
+const XA_THREADS: u32 = 128;
 
 /// Rows per block of the cross-attention kernels (one warp each).
 const XA_WARPS: u32 = 8;

@@ -163,6 +163,24 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             Box::new(move |t| Tensor::masked_cross_attention(&t[0], &t[1], &t[2], &md.to_device(t[0].device())?, mode)),
         );
     }
+    // Longer runs and key ranges than one tile / one chunk (tiles of 32 tokens, chunks of 32 keys
+    // for D ≤ 64; 16 and 16 for D ≤ 128), a medium no token sees, and a head dim above 128 (the
+    // warp-per-row kernels).
+    let long_media = |b: usize, t: usize, f: &dyn Fn(usize) -> f32| Tensor::from_vec((0..b * t).map(|i| f(i % t)).collect::<Vec<_>>(), &[b, t]).expect("shape");
+    let cases_long: [(&'static str, crate::ops::fused::XAttnMode, [usize; 6], Tensor); 3] = [
+        // media: 3 text tokens, 45 tokens of medium 1, 20 of medium 3 (medium 2 unseen); R = 70.
+        ("fused_masked_xattn_long_runs", crate::ops::fused::XAttnMode::OnlyImmediate, [2, 68, 3, 70, 2, 64], long_media(2, 68, &|t| if t < 3 { 0.0 } else if t < 48 { 1.0 } else { 3.0 })),
+        ("fused_masked_xattn_d96_all_prev", crate::ops::fused::XAttnMode::AllPrevious, [2, 40, 2, 20, 2, 96], long_media(2, 40, &|t| if t < 1 { 0.0 } else if t < 21 { 1.0 } else { 2.0 })),
+        ("fused_masked_xattn_d160", crate::ops::fused::XAttnMode::OnlyImmediate, [1, 9, 2, 3, 2, 160], long_media(1, 9, &|t| if t < 2 { 0.0 } else if t < 6 { 1.0 } else { 2.0 })),
+    ];
+    for (name, mode, [b, t, m, r, h, d], md) in cases_long {
+        push(
+            name,
+            vec![randn(&[b, t, h, d], rng), randn(&[b, m, r, h, d], rng), randn(&[b, m, r, h, d], rng)],
+            vec![true, true, true],
+            Box::new(move |x| Tensor::masked_cross_attention(&x[0], &x[1], &x[2], &md.to_device(x[0].device())?, mode)),
+        );
+    }
     push("fused_gated_residual", vec![randn(&[3, 7, 33], rng), randn(&[3, 7, 33], rng), randn(&[1], rng)], vec![true, true, true], Box::new(|t| Tensor::gated_residual(&t[0], &t[1], &t[2])));
     for (name, mode) in [("fused_ws_timm", crate::ops::fused::StdScale::Timm { eps: 1e-5 }), ("fused_ws_deepmind", crate::ops::fused::StdScale::DeepMind { floor: 1e-4 })] {
         push(name, vec![randn(&[6, 4, 3, 3], rng), randn(&[6], rng)], vec![true, true], Box::new(move |t| Tensor::weight_standardize(&t[0], &t[1], mode)));

@@ -43,8 +43,16 @@ impl Tensor {
         if media.shape() != [b, t] {
             return Err(Error::shape_mismatch(OP, q.shape(), media.shape(), "media index must be [B, T]"));
         }
-        if let Some(res) = via_f32(&[q, k, v], |ts| Tensor::masked_cross_attention(&ts[0], &ts[1], &ts[2], media, mode))? {
-            return Ok(res);
+        // On the GPU the tiled kernels read and write bf16 themselves (f32 inside).
+        let native_gpu = q.device().is_cuda()
+            && matches!(q.dtype(), DType::F32 | DType::BF16)
+            && k.dtype() == q.dtype()
+            && v.dtype() == q.dtype()
+            && crate::cuda::ops::xattn_tiled_variant(d).is_some();
+        if !native_gpu {
+            if let Some(res) = via_f32(&[q, k, v], |ts| Tensor::masked_cross_attention(&ts[0], &ts[1], &ts[2], media, mode))? {
+                return Ok(res);
+            }
         }
         let media_v: Vec<i64> = media.to_vec::<f64>()?.into_iter().map(|x| x as i64).collect();
         if q.device().is_cuda() {
@@ -183,7 +191,8 @@ impl Tensor {
     }
 }
 
-/// The CUDA path of [`Tensor::masked_cross_attention`] (f32 tensors on one GPU).
+/// The CUDA path of [`Tensor::masked_cross_attention`]: the tiled kernels (f32 or bf16, D ≤ 128),
+/// else the warp-per-row kernels (f32).
 fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64], mode: XAttnMode, dims: [usize; 6]) -> Result<Tensor> {
     const OP: &str = "masked_cross_attention";
     let [b, t, m, r, h, d] = dims;
@@ -193,7 +202,6 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
         }
     }
     let (gpu, _) = crate::cuda::ops::parts(q, OP)?;
-    let dev_media = crate::cuda::ops::upload_i64(&gpu, media)?;
     let s = crate::cuda::ops::XAttnDims {
         b: b as i64,
         t: t as i64,
@@ -204,6 +212,19 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
         mode: if mode == XAttnMode::OnlyImmediate { 0 } else { 1 },
         scale: 1.0 / (d as f32).sqrt(),
     };
+    if let Some(plan) = crate::cuda::ops::xattn_plan(&gpu, &s, media)? {
+        let plan = std::sync::Arc::new(plan);
+        let (o, lse) = crate::cuda::ops::masked_xattn_tiled(s, &plan, q, k, v)?;
+        return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(o), q.shape(), OP, &[q, k, v], |out| {
+            let out = out.clone();
+            Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                let (dq, dk, dv) = crate::cuda::ops::masked_xattn_tiled_backward(s, &plan, &inp[0], &inp[1], &inp[2], &out, &lse, g)?;
+                let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(super::cuda_tensor(st, inp[i].shape())?)) } else { Ok(None) } };
+                Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
+            })
+        }));
+    }
+    let dev_media = crate::cuda::ops::upload_i64(&gpu, media)?;
     let (o, lse) = crate::cuda::ops::masked_xattn(s, q, k, v, &dev_media)?;
     Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(o), q.shape(), OP, &[q, k, v], |out| {
         let out = out.clone();
