@@ -106,8 +106,8 @@ fn cases(dev: Device) -> flamingo_engine::Result<Vec<GpuCase>> {
     Ok(v)
 }
 
-/// Masked cross-attention forward + backward on the GPU (the fused kernel in f32 and with bf16
-/// inputs, and the reference composition in f32), at the fused suite's shape (B=8, T=256, M=4,
+/// Masked cross-attention forward + backward on the GPU (the fused kernels in f32, in bf16 on the
+/// tensor cores and in bf16 on the CUDA cores, and the reference composition in f32), at the fused suite's shape (B=8, T=256, M=4,
 /// R=64, H=8, D=64) and a larger one that fills the card (B=16, T=1024, M=8). Media layout as in
 /// benches/torch/masked_xattn_cuda.py: 8 tokens without an image, then M equal runs. FLOPs: the
 /// work over one medium's R keys (QKᵀ and PV, ×3 for forward + backward).
@@ -118,18 +118,21 @@ fn xattn_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()>
         let row: Vec<f32> = (0..t).map(|i| if i < 8 { 0.0 } else { (i / (t / m) + 1) as f32 }).collect();
         let media = Tensor::from_vec(row.repeat(b), &[b, t])?.to_device(dev)?;
         let flops = 3.0 * (b * (t - 8) * h) as f64 * 4.0 * (r * d) as f64;
-        for (dtype, fused) in [(DType::F32, true), (DType::BF16, true), (DType::F32, false)] {
+        // (dtype, fused, keep bf16 off the tensor cores)
+        for (dtype, fused, no_tc) in [(DType::F32, true, false), (DType::BF16, true, false), (DType::BF16, true, true), (DType::F32, false, false)] {
             let q = rand(&[b, t, h, d], dtype, dev, 11)?.requires_grad_(true);
             let k = rand(&[b, m, r, h, d], dtype, dev, 12)?.requires_grad_(true);
             let vv = rand(&[b, m, r, h, d], dtype, dev, 13)?.requires_grad_(true);
             let d_o = rand(&[b, t, h, d], dtype, dev, 14)?;
             let media = media.clone();
-            let name: &'static str = match (tag, dtype, fused) {
-                ("", DType::F32, true) => "masked_xattn_f32_fused",
-                ("", DType::BF16, true) => "masked_xattn_bf16_fused",
-                ("", _, false) => "masked_xattn_f32_reference",
-                (_, DType::F32, true) => "masked_xattn_f32_fused_large",
-                (_, DType::BF16, true) => "masked_xattn_bf16_fused_large",
+            let name: &'static str = match (tag, dtype, fused, no_tc) {
+                ("", DType::F32, true, _) => "masked_xattn_f32_fused",
+                ("", DType::BF16, true, false) => "masked_xattn_bf16_fused",
+                ("", DType::BF16, true, true) => "masked_xattn_bf16_cudacores",
+                ("", _, false, _) => "masked_xattn_f32_reference",
+                (_, DType::F32, true, _) => "masked_xattn_f32_fused_large",
+                (_, DType::BF16, true, false) => "masked_xattn_bf16_fused_large",
+                (_, DType::BF16, true, true) => "masked_xattn_bf16_cudacores_large",
                 _ => "masked_xattn_f32_reference_large",
             };
             v.push(GpuCase {
@@ -139,12 +142,20 @@ fn xattn_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()>
                 flops,
                 bytes: 0.0,
                 run: Box::new(move || {
+                    if no_tc {
+                        // SAFETY: the benchmark runs on one thread; the kernel choice reads this.
+                        unsafe { std::env::set_var("FLAMINGO_XATTN_NO_TC", "1") };
+                    }
                     let o = if fused {
                         Tensor::masked_cross_attention(&q, &k, &vv, &media, XAttnMode::OnlyImmediate)?
                     } else {
                         flamingo_model::kernels::reference_masked_attention(&q, &k, &vv, &media, false)?
                     };
                     o.backward_with(&d_o)?;
+                    if no_tc {
+                        // SAFETY: as above.
+                        unsafe { std::env::remove_var("FLAMINGO_XATTN_NO_TC") };
+                    }
                     for x in [&q, &k, &vv] {
                         x.zero_grad();
                     }

@@ -546,3 +546,304 @@ __device__ void xa_bwd_dkdv(const XAttnDims& s, const i64* __restrict__ tiles, c
     }
 XA_INSTANCES(float, f32)
 XA_INSTANCES(bf16_t, bf16)
+
+// ---- masked cross-attention on the tensor cores (bf16 in and out, D ≤ 64) -----------------------
+// The same work split as the tiled kernels above, with 64-token tiles and 64-key chunks, and the
+// products on mma.sync.m16n8k16 (bf16 operands, f32 accumulators): each of the 4 warps owns 16
+// rows (queries in the forward and dQ kernels, keys in the dK/dV kernel). Softmax statistics and
+// all accumulators stay f32 in registers; P and dS are rounded to bf16 only as mma operands.
+// Fragment layouts (PTX ISA, m16n8k16, lane = 4·g + tg): A regs {A[g][2tg..], A[g+8][2tg..],
+// A[g][2tg+8..], A[g+8][2tg+8..]}; B regs {B[2tg..][g], B[2tg+8..][g]} (read from Bᵀ stored
+// row-major); C {C[g][2tg], C[g][2tg+1], C[g+8][2tg], C[g+8][2tg+1]}.
+#define XT_T 64             // tokens per tile = keys per chunk
+#define XT_DM 64            // largest head dim
+#define XT_LD (XT_DM + 8)   // bf16 row stride of every shared tile (rows of 64 + 8 padding)
+
+__device__ __forceinline__ void mma16816(float (&c)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ unsigned ld2(const bf16_t* p) { return *reinterpret_cast<const unsigned*>(p); }
+__device__ __forceinline__ unsigned pack_bf2(float lo, float hi) { return (unsigned)f2bf(lo) | ((unsigned)f2bf(hi) << 16); }
+
+// Loads rows [0, n) × columns [0, d) of a [.., H, D] bf16 tensor (row r at base + r·stride) into a
+// [64][XT_LD] tile (`rows`) and/or its transpose [64 (d)][XT_LD] (`cols`); the rest is zero.
+__device__ __forceinline__ void xt_load(bf16_t* rows, bf16_t* cols, const bf16_t* src, i64 base, i64 stride, int n, int d) {
+    for (int e = threadIdx.x; e < XT_T * XT_DM; e += XA_THREADS) {
+        int r = e / XT_DM, c = e % XT_DM;
+        bf16_t x = (r < n && c < d) ? src[base + r * stride + c] : (bf16_t)0;
+        if (rows) rows[r * XT_LD + c] = x;
+        if (cols) cols[c * XT_LD + r] = x;
+    }
+}
+// acc[nt] += A[16 rows][64] · Bt[nt·8 .. nt·8+8][64]ᵀ, A and Bt in shared memory (row stride XT_LD).
+__device__ __forceinline__ void xt_mm_smem(float (&acc)[8][4], const bf16_t* A, const bf16_t* Bt) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+#pragma unroll
+    for (int k0 = 0; k0 < XT_DM; k0 += 16) {
+        unsigned a[4] = {ld2(A + g * XT_LD + k0 + 2 * tg), ld2(A + (g + 8) * XT_LD + k0 + 2 * tg), ld2(A + g * XT_LD + k0 + 2 * tg + 8),
+                         ld2(A + (g + 8) * XT_LD + k0 + 2 * tg + 8)};
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            const bf16_t* bp = Bt + (nt * 8 + g) * XT_LD + k0 + 2 * tg;
+            mma16816(acc[nt], a, ld2(bp), ld2(bp + 8));
+        }
+    }
+}
+// As xt_mm_smem with A given as register fragments (4 k-steps of 16).
+__device__ __forceinline__ void xt_mm_rega(float (&acc)[8][4], const unsigned (&a)[4][4], const bf16_t* Bt) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            const bf16_t* bp = Bt + (nt * 8 + g) * XT_LD + j * 16 + 2 * tg;
+            mma16816(acc[nt], a[j], ld2(bp), ld2(bp + 8));
+        }
+}
+// A fragments of a 16 × 64 matrix held as C fragments (8 n-tiles of 8 columns), rounded to bf16.
+__device__ __forceinline__ void xt_c_to_a(unsigned (&a)[4][4], const float (&c)[8][4]) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        a[j][0] = pack_bf2(c[2 * j][0], c[2 * j][1]);
+        a[j][1] = pack_bf2(c[2 * j][2], c[2 * j][3]);
+        a[j][2] = pack_bf2(c[2 * j + 1][0], c[2 * j + 1][1]);
+        a[j][3] = pack_bf2(c[2 * j + 1][2], c[2 * j + 1][3]);
+    }
+}
+// A fragments of rows [row0, row0+16) of a shared tile.
+__device__ __forceinline__ void xt_smem_to_a(unsigned (&a)[4][4], const bf16_t* tile, int row0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+    const bf16_t* A = tile + row0 * XT_LD;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        a[j][0] = ld2(A + g * XT_LD + j * 16 + 2 * tg);
+        a[j][1] = ld2(A + (g + 8) * XT_LD + j * 16 + 2 * tg);
+        a[j][2] = ld2(A + g * XT_LD + j * 16 + 2 * tg + 8);
+        a[j][3] = ld2(A + (g + 8) * XT_LD + j * 16 + 2 * tg + 8);
+    }
+}
+__device__ __forceinline__ void xt_zero(float (&acc)[8][4]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0.0f;
+}
+// Stores a warp's 16 × 64 C-fragment matrix (times `mul`) to rows row0.. of a [.., H, D] tensor,
+// rows < n and columns < d only.
+__device__ __forceinline__ void xt_store(bf16_t* dst, i64 base, i64 stride, int row0, int n, int d, const float (&c)[8][4], float mul0, float mul1) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+#pragma unroll
+    for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            int r = row0 + g + (e >= 2 ? 8 : 0), col = nt * 8 + 2 * tg + (e & 1);
+            if (r < n && col < d) dst[base + r * stride + col] = f2bf(c[nt][e] * (e >= 2 ? mul1 : mul0));
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_fwd_bf16_tc64(XAttnDims s, const i64* __restrict__ tiles, const bf16_t* __restrict__ q,
+                                                                          const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
+                                                                          float* __restrict__ lse) {
+    __shared__ __align__(16) bf16_t qs[XT_T * XT_LD], ks[XT_T * XT_LD], vt[XT_DM * XT_LD];
+    const i64 h = blockIdx.x % s.h, tile = blockIdx.x / s.h;
+    const i64 b = tiles[4 * tile], t0 = tiles[4 * tile + 1], mi = tiles[4 * tile + 3];
+    const int len = (int)tiles[4 * tile + 2], d = (int)s.d;
+    const i64 stride = s.h * s.d, qbase = ((b * s.t + t0) * s.h + h) * s.d;
+    if (mi <= 0) {
+        for (int e = threadIdx.x; e < len * d; e += XA_THREADS) o[qbase + (e / d) * stride + e % d] = 0;
+        for (int r = threadIdx.x; r < len; r += XA_THREADS) lse[(b * s.t + t0 + r) * s.h + h] = 0.0f;
+        return;
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+    xt_load(qs, nullptr, q, qbase, stride, len, d);
+    float m0 = FL_NEG_INF, m1 = FL_NEG_INF, l0 = 0.0f, l1 = 0.0f;  // rows g and g + 8 of the warp
+    float acc[8][4];
+    xt_zero(acc);
+    i64 first, count;
+    xa_range(s, mi, &first, &count);
+    for (i64 c0 = first; c0 < first + count; c0 += XT_T) {
+        const int kc = (int)min((i64)XT_T, first + count - c0);
+        const i64 kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+        __syncthreads();
+        xt_load(ks, nullptr, k, kbase, stride, kc, d);
+        xt_load(nullptr, vt, v, kbase, stride, kc, d);
+        __syncthreads();
+        float sc[8][4];
+        xt_zero(sc);
+        xt_mm_smem(sc, qs + warp * 16 * XT_LD, ks);
+        float mx0 = FL_NEG_INF, mx1 = FL_NEG_INF;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int col = nt * 8 + 2 * tg + (e & 1);
+                sc[nt][e] = col < kc ? sc[nt][e] * s.scale : FL_NEG_INF;
+                if (e < 2) mx0 = fmaxf(mx0, sc[nt][e]); else mx1 = fmaxf(mx1, sc[nt][e]);
+            }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        const float corr0 = expf(m0 - n0), corr1 = expf(m1 - n1);
+        float sum0 = 0.0f, sum1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float p = expf(sc[nt][e] - (e < 2 ? n0 : n1));  // −inf → 0
+                sc[nt][e] = p;
+                if (e < 2) sum0 += p; else sum1 += p;
+            }
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 1);
+        sum0 += __shfl_xor_sync(0xffffffffu, sum0, 2);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 1);
+        sum1 += __shfl_xor_sync(0xffffffffu, sum1, 2);
+        l0 = l0 * corr0 + sum0;
+        l1 = l1 * corr1 + sum1;
+        m0 = n0;
+        m1 = n1;
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            acc[nt][0] *= corr0; acc[nt][1] *= corr0;
+            acc[nt][2] *= corr1; acc[nt][3] *= corr1;
+        }
+        unsigned pa[4][4];
+        xt_c_to_a(pa, sc);
+        xt_mm_rega(acc, pa, vt);
+    }
+    const int row0 = warp * 16;
+    xt_store(o, qbase, stride, row0, len, d, acc, 1.0f / l0, 1.0f / l1);
+    if (tg == 0) {
+        if (row0 + g < len) lse[(b * s.t + t0 + row0 + g) * s.h + h] = m0 + logf(l0);
+        if (row0 + g + 8 < len) lse[(b * s.t + t0 + row0 + g + 8) * s.h + h] = m1 + logf(l1);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dq_bf16_tc64(XAttnDims s, const i64* __restrict__ tiles, const bf16_t* __restrict__ q,
+                                                                             const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, const bf16_t* __restrict__ o,
+                                                                             const bf16_t* __restrict__ d_o, const float* __restrict__ lse, bf16_t* __restrict__ dq,
+                                                                             float* __restrict__ delta) {
+    __shared__ __align__(16) bf16_t qs[XT_T * XT_LD], dos[XT_T * XT_LD], ks[XT_T * XT_LD], kt[XT_DM * XT_LD], vs[XT_T * XT_LD];
+    __shared__ float row_lse[XT_T], row_d[XT_T];
+    const i64 h = blockIdx.x % s.h, tile = blockIdx.x / s.h;
+    const i64 b = tiles[4 * tile], t0 = tiles[4 * tile + 1], mi = tiles[4 * tile + 3];
+    const int len = (int)tiles[4 * tile + 2], d = (int)s.d;
+    const i64 stride = s.h * s.d, qbase = ((b * s.t + t0) * s.h + h) * s.d;
+    if (mi <= 0) {
+        for (int e = threadIdx.x; e < len * d; e += XA_THREADS) dq[qbase + (e / d) * stride + e % d] = 0;
+        for (int r = threadIdx.x; r < len; r += XA_THREADS) delta[(b * s.t + t0 + r) * s.h + h] = 0.0f;
+        return;
+    }
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+    xt_load(qs, nullptr, q, qbase, stride, len, d);
+    xt_load(dos, nullptr, d_o, qbase, stride, len, d);
+    for (int r = warp; r < XT_T; r += XA_THREADS / 32) {
+        float part = 0.0f;
+        if (r < len)
+            for (int c = lane; c < d; c += 32) part += bf2f(d_o[qbase + r * stride + c]) * bf2f(o[qbase + r * stride + c]);
+        part = warp_sum(part);
+        if (lane == 0) {
+            row_d[r] = part;
+            row_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+            if (r < len) delta[(b * s.t + t0 + r) * s.h + h] = part;
+        }
+    }
+    const int row0 = warp * 16;
+    float acc[8][4];
+    xt_zero(acc);
+    i64 first, count;
+    xa_range(s, mi, &first, &count);
+    for (i64 c0 = first; c0 < first + count; c0 += XT_T) {
+        const int kc = (int)min((i64)XT_T, first + count - c0);
+        const i64 kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+        __syncthreads();
+        xt_load(ks, kt, k, kbase, stride, kc, d);
+        xt_load(vs, nullptr, v, kbase, stride, kc, d);
+        __syncthreads();
+        float sc[8][4], dp[8][4];
+        xt_zero(sc);
+        xt_zero(dp);
+        xt_mm_smem(sc, qs + row0 * XT_LD, ks);
+        xt_mm_smem(dp, dos + row0 * XT_LD, vs);
+        const float lse0 = row_lse[row0 + g], lse1 = row_lse[row0 + g + 8], d0 = row_d[row0 + g], d1 = row_d[row0 + g + 8];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int col = nt * 8 + 2 * tg + (e & 1), r = row0 + g + (e >= 2 ? 8 : 0);
+                float p = (col < kc && r < len) ? expf(sc[nt][e] * s.scale - (e < 2 ? lse0 : lse1)) : 0.0f;
+                sc[nt][e] = p * (dp[nt][e] - (e < 2 ? d0 : d1));
+            }
+        unsigned da[4][4];
+        xt_c_to_a(da, sc);
+        xt_mm_rega(acc, da, kt);
+    }
+    xt_store(dq, qbase, stride, row0, len, d, acc, s.scale, s.scale);
+}
+
+extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dkdv_bf16_tc64(XAttnDims s, const i64* __restrict__ tiles, const i64* __restrict__ list_off,
+                                                                               const i64* __restrict__ list_tiles, const bf16_t* __restrict__ q,
+                                                                               const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                                                                               const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
+                                                                               const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv) {
+    __shared__ __align__(16) bf16_t qs[XT_T * XT_LD], qt[XT_DM * XT_LD], dos[XT_T * XT_LD], dot[XT_DM * XT_LD];
+    __shared__ float col_lse[XT_T], col_d[XT_T];
+    const i64 chunks = (s.r + XT_T - 1) / XT_T;
+    const i64 h = blockIdx.x % s.h, rest = blockIdx.x / s.h;
+    const i64 chunk = rest % chunks, bm = rest / chunks;
+    const i64 b = bm / s.m, medium = bm % s.m;
+    const i64 c0 = medium * s.r + chunk * XT_T;
+    const int kc = (int)min((i64)XT_T, s.r - chunk * XT_T), d = (int)s.d;
+    const i64 stride = s.h * s.d, kbase = ((b * s.m * s.r + c0) * s.h + h) * s.d;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
+    const int row0 = warp * 16;  // this warp's keys
+    // K and V rows of this warp as A fragments, staged through the query buffers.
+    unsigned ka[4][4], va[4][4];
+    xt_load(qs, nullptr, k, kbase, stride, kc, d);
+    xt_load(dos, nullptr, v, kbase, stride, kc, d);
+    __syncthreads();
+    xt_smem_to_a(ka, qs, row0);
+    xt_smem_to_a(va, dos, row0);
+    float adk[8][4], adv[8][4];
+    xt_zero(adk);
+    xt_zero(adv);
+    for (i64 li = list_off[bm]; li < list_off[bm + 1]; ++li) {
+        const i64 tile = list_tiles[li];
+        const i64 t0 = tiles[4 * tile + 1];
+        const int len = (int)tiles[4 * tile + 2];
+        const i64 qbase = ((b * s.t + t0) * s.h + h) * s.d;
+        __syncthreads();
+        xt_load(qs, qt, q, qbase, stride, len, d);
+        xt_load(dos, dot, d_o, qbase, stride, len, d);
+        for (int r = threadIdx.x; r < XT_T; r += XA_THREADS) {
+            col_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+            col_d[r] = r < len ? delta[(b * s.t + t0 + r) * s.h + h] : 0.0f;
+        }
+        __syncthreads();
+        float st[8][4], dpt[8][4];  // Sᵀ and dPᵀ: this warp's 16 keys × 64 queries
+        xt_zero(st);
+        xt_zero(dpt);
+        xt_mm_rega(st, ka, qs);
+        xt_mm_rega(dpt, va, dos);
+        float dst[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                int col = nt * 8 + 2 * tg + (e & 1), key = row0 + g + (e >= 2 ? 8 : 0);
+                float p = (col < len && key < kc) ? expf(st[nt][e] * s.scale - col_lse[col]) : 0.0f;
+                st[nt][e] = p;
+                dst[nt][e] = p * (dpt[nt][e] - col_d[col]);
+            }
+        unsigned pa[4][4], dsa[4][4];
+        xt_c_to_a(pa, st);
+        xt_c_to_a(dsa, dst);
+        xt_mm_rega(adv, pa, dot);
+        xt_mm_rega(adk, dsa, qt);
+    }
+    xt_store(dk, kbase, stride, row0, kc, d, adk, s.scale, s.scale);
+    xt_store(dv, kbase, stride, row0, kc, d, adv, 1.0f, 1.0f);
+}

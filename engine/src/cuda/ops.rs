@@ -886,16 +886,21 @@ pub(crate) struct XAttnPlan {
     pub n_tiles: usize,
     pub list_off: CudaStorage,
     pub list_tiles: CudaStorage,
-    /// Tokens per tile and keys per chunk of the kernel instance (32 for D ≤ 64, 16 for D ≤ 128).
+    /// Tokens per tile and keys per chunk of the kernel instance (64 on the tensor cores, else 32
+    /// for D ≤ 64 and 16 for D ≤ 128).
     pub tq: usize,
-    /// "d64" or "d128".
+    /// "tc64", "d64" or "d128".
     pub variant: &'static str,
 }
 
-/// The tiled kernels serve head dims up to 128 (f32 and bf16); larger ones use the warp-per-row
-/// kernels (f32).
-pub(crate) fn xattn_tiled_variant(d: usize) -> Option<(&'static str, usize)> {
+/// Which tiled kernel serves head dim `d` in `dtype`: bf16 with D ≤ 64 runs on the tensor cores
+/// (64-token tiles), other f32/bf16 problems up to D = 128 on the CUDA cores (32- or 16-token
+/// tiles); `None` (D > 128) leaves the warp-per-row kernels (f32). `FLAMINGO_XATTN_NO_TC=1` keeps
+/// bf16 off the tensor cores (for comparisons).
+pub(crate) fn xattn_tiled_variant(d: usize, dtype: DType) -> Option<(&'static str, usize)> {
+    let tc = dtype == DType::BF16 && std::env::var_os("FLAMINGO_XATTN_NO_TC").is_none();
     match d {
+        0..=64 if tc => Some(("tc64", 64)),
         0..=64 => Some(("d64", 32)),
         65..=128 => Some(("d128", 16)),
         _ => None,
@@ -903,8 +908,8 @@ pub(crate) fn xattn_tiled_variant(d: usize) -> Option<(&'static str, usize)> {
 }
 
 /// Builds and uploads the tile plan for validated `media` [B·T] (values 0..=M).
-pub(crate) fn xattn_plan(gpu: &Arc<Gpu>, s: &XAttnDims, media: &[i64]) -> Result<Option<XAttnPlan>> {
-    let Some((variant, tq)) = xattn_tiled_variant(s.d as usize) else { return Ok(None) };
+pub(crate) fn xattn_plan(gpu: &Arc<Gpu>, s: &XAttnDims, dtype: DType, media: &[i64]) -> Result<Option<XAttnPlan>> {
+    let Some((variant, tq)) = xattn_tiled_variant(s.d as usize, dtype) else { return Ok(None) };
     let (b, t, m) = (s.b as usize, s.t as usize, s.m as usize);
     let mut tiles: Vec<i64> = Vec::new();
     for bi in 0..b {

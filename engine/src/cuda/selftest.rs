@@ -163,13 +163,13 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             Box::new(move |t| Tensor::masked_cross_attention(&t[0], &t[1], &t[2], &md.to_device(t[0].device())?, mode)),
         );
     }
-    // Longer runs and key ranges than one tile / one chunk (tiles of 32 tokens, chunks of 32 keys
-    // for D ≤ 64; 16 and 16 for D ≤ 128), a medium no token sees, and a head dim above 128 (the
+    // Longer runs and key ranges than one tile / one chunk (64 and 64 on the tensor cores (bf16),
+    // else 32 and 32 for D ≤ 64, 16 and 16 for D ≤ 128), a medium no token sees, and a head dim above 128 (the
     // warp-per-row kernels).
     let long_media = |b: usize, t: usize, f: &dyn Fn(usize) -> f32| Tensor::from_vec((0..b * t).map(|i| f(i % t)).collect::<Vec<_>>(), &[b, t]).expect("shape");
     let cases_long: [(&'static str, crate::ops::fused::XAttnMode, [usize; 6], Tensor); 3] = [
-        // media: 3 text tokens, 45 tokens of medium 1, 20 of medium 3 (medium 2 unseen); R = 70.
-        ("fused_masked_xattn_long_runs", crate::ops::fused::XAttnMode::OnlyImmediate, [2, 68, 3, 70, 2, 64], long_media(2, 68, &|t| if t < 3 { 0.0 } else if t < 48 { 1.0 } else { 3.0 })),
+        // media: 3 text tokens, 75 tokens of medium 1, 22 of medium 3 (medium 2 unseen); R = 70.
+        ("fused_masked_xattn_long_runs", crate::ops::fused::XAttnMode::OnlyImmediate, [2, 100, 3, 70, 2, 64], long_media(2, 100, &|t| if t < 3 { 0.0 } else if t < 78 { 1.0 } else { 3.0 })),
         ("fused_masked_xattn_d96_all_prev", crate::ops::fused::XAttnMode::AllPrevious, [2, 40, 2, 20, 2, 96], long_media(2, 40, &|t| if t < 1 { 0.0 } else if t < 21 { 1.0 } else { 2.0 })),
         ("fused_masked_xattn_d160", crate::ops::fused::XAttnMode::OnlyImmediate, [1, 9, 2, 3, 2, 160], long_media(1, 9, &|t| if t < 2 { 0.0 } else if t < 6 { 1.0 } else { 2.0 })),
     ];

@@ -48,7 +48,7 @@ impl Tensor {
             && matches!(q.dtype(), DType::F32 | DType::BF16)
             && k.dtype() == q.dtype()
             && v.dtype() == q.dtype()
-            && crate::cuda::ops::xattn_tiled_variant(d).is_some();
+            && crate::cuda::ops::xattn_tiled_variant(d, q.dtype()).is_some();
         if !native_gpu {
             if let Some(res) = via_f32(&[q, k, v], |ts| Tensor::masked_cross_attention(&ts[0], &ts[1], &ts[2], media, mode))? {
                 return Ok(res);
@@ -212,7 +212,7 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
         mode: if mode == XAttnMode::OnlyImmediate { 0 } else { 1 },
         scale: 1.0 / (d as f32).sqrt(),
     };
-    if let Some(plan) = crate::cuda::ops::xattn_plan(&gpu, &s, media)? {
+    if let Some(plan) = crate::cuda::ops::xattn_plan(&gpu, &s, q.dtype(), media)? {
         let plan = std::sync::Arc::new(plan);
         let (o, lse) = crate::cuda::ops::masked_xattn_tiled(s, &plan, q, k, v)?;
         return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(o), q.shape(), OP, &[q, k, v], |out| {
