@@ -59,6 +59,18 @@ run)
     RUST_BACKTRACE=1 timeout 120 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
     echo "== PyTorch masked cross-attention on the same card"
     PYTHONUNBUFFERED=1 timeout 80 python3 benches/torch/masked_xattn_cuda.py 2>&1 | tee "$out/torch_xattn.txt" || status=1
+    echo "== kernel times (Nsight Compute, gpu__time_duration, clocks as found)"
+    ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
+    if [ -n "$ncu_bin" ]; then
+        for c in masked_xattn_bf16_fused masked_xattn_bf16_fused_large; do
+            timeout 60 "$ncu_bin" --clock-control none --launch-count 40 --metrics gpu__time_duration.sum --csv \
+                "$dist/flamingo" --device cuda bench --suite cuda --cases "$c" --quick > "/tmp/ncu_$c.csv" 2>/dev/null
+            echo "$c:"
+            python3 scripts/ncu_summary.py "/tmp/ncu_$c.csv" xa_fwd
+        done 2>&1 | tee "$out/kernels.txt"
+    else
+        echo "ncu not found: kernel times skipped"
+    fi
     echo "== summary"
     {
         grep -E "^test result" "$out/tests.txt" || echo "cuda tests: no result line"
@@ -67,6 +79,7 @@ run)
         grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
         grep -E "masked_xattn" "$out/bench.txt" || true
         grep -E "^torch_" "$out/torch_xattn.txt" || true
+        cat "$out/kernels.txt" 2>/dev/null || true
     } | tee "$out/summary.txt"
     exit $status
     ;;

@@ -18,7 +18,7 @@ def main(path, start):
             continue
         unit = r.get("Metric Unit", "")
         v = float(r["Metric Value"].replace(",", ""))
-        us = v / 1000.0 if unit == "nsecond" else v * 1000.0 if unit == "msecond" else v
+        us = v / 1000.0 if unit in ("ns", "nsecond") else v * 1000.0 if unit in ("ms", "msecond") else v
         rows.append((r["Kernel Name"].split("(")[0], us, r.get("Grid Size", ""), r.get("Block Size", "")))
     first = next((i for i, r in enumerate(rows) if r[0].startswith(start)), None)
     if first is None:

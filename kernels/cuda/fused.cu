@@ -260,10 +260,32 @@ __device__ __forceinline__ int frag_col(int j) { return threadIdx.x % (COLS / CT
 // times `scale`; rows n..ROWS and columns D..DM are zero.
 template <typename T, int ROWS, int DM, int LD>
 __device__ __forceinline__ void xa_load(float* dst, const T* src, i64 base, i64 row_stride, int n, int d, float scale) {
-    for (int e = threadIdx.x; e < ROWS * DM; e += XA_THREADS) {
-        int r = e / DM, c = e % DM;
-        dst[r * LD + c] = (r < n && c < d) ? xld(src, base + r * row_stride + c) * scale : 0.0f;
+    // Every load is issued before the first store: the loads overlap instead of queueing one by one.
+    constexpr int PER = ROWS * DM / XA_THREADS;
+    float x[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        int e = threadIdx.x + i * XA_THREADS, r = e / DM, c = e % DM;
+        x[i] = (r < n && c < d) ? xld(src, base + r * row_stride + c) : 0.0f;
     }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        int e = threadIdx.x + i * XA_THREADS;
+        dst[(e / DM) * LD + e % DM] = x[i] * scale;
+    }
+}
+// δ[r] = Σ_c a[r][c]·b[r][c] for the ROWS rows of two shared tiles (XA_THREADS / ROWS threads per
+// row, combined with shuffles); rows ≥ n give 0.
+template <int ROWS, int DM, int LD>
+__device__ __forceinline__ float xa_row_dot(const float* a, const float* b, int n, int d, int* row) {
+    constexpr int TPR = XA_THREADS / ROWS;
+    const int r = threadIdx.x / TPR, part = threadIdx.x % TPR;
+    float acc = 0.0f;
+    for (int c = part; c < d; c += TPR) acc += a[r * LD + c] * b[r * LD + c];
+#pragma unroll
+    for (int o = TPR / 2; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    *row = (part == 0 && r < n) ? r : -1;
+    return acc;
 }
 // The key range of a tile with media index mi (≥ 1), in units of the [M·R] key axis.
 __device__ __forceinline__ void xa_range(const XAttnDims& s, i64 mi, i64* first, i64* count) {
@@ -375,18 +397,17 @@ __device__ void xa_bwd_dq(const XAttnDims& s, const i64* __restrict__ tiles, con
     }
     xa_load<T, TQ, DM, LD>(qs, q, qbase, qrow, len, d, s.scale);
     xa_load<T, TQ, DM, LD>(dos, d_o, qbase, qrow, len, d, 1.0f);
-    // δ from the stored output, one warp per row.
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    for (int r = warp; r < TQ; r += XA_THREADS / 32) {
-        float part = 0.0f;
-        if (r < len)
-            for (int c = lane; c < d; c += 32) part += xld(d_o, qbase + r * qrow + c) * xld(o, qbase + r * qrow + c);
-        part = warp_sum(part);
-        if (lane == 0) {
-            row_d[r] = part;
-            row_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
-            if (r < len) delta[(b * s.t + t0 + r) * s.h + h] = part;
+    xa_load<T, TQ, DM, LD>(ks, o, qbase, qrow, len, d, 1.0f);  // O, staged in the key buffer (KC = TQ)
+    __syncthreads();
+    {
+        int r;
+        float part = xa_row_dot<TQ, DM, LD>(dos, ks, len, d, &r);
+        if (threadIdx.x % (XA_THREADS / TQ) == 0) {
+            int rr = threadIdx.x / (XA_THREADS / TQ);
+            row_d[rr] = part;
+            row_lse[rr] = rr < len ? lse[(b * s.t + t0 + rr) * s.h + h] : 0.0f;
         }
+        if (r >= 0) delta[(b * s.t + t0 + r) * s.h + h] = part;
     }
     float acc[ORT][OCT];
 #pragma unroll
@@ -570,11 +591,42 @@ __device__ __forceinline__ unsigned pack_bf2(float lo, float hi) { return (unsig
 // Loads rows [0, n) × columns [0, d) of a [.., H, D] bf16 tensor (row r at base + r·stride) into a
 // [64][XT_LD] tile (`rows`) and/or its transpose [64 (d)][XT_LD] (`cols`); the rest is zero.
 __device__ __forceinline__ void xt_load(bf16_t* rows, bf16_t* cols, const bf16_t* src, i64 base, i64 stride, int n, int d) {
-    for (int e = threadIdx.x; e < XT_T * XT_DM; e += XA_THREADS) {
-        int r = e / XT_DM, c = e % XT_DM;
-        bf16_t x = (r < n && c < d) ? src[base + r * stride + c] : (bf16_t)0;
-        if (rows) rows[r * XT_LD + c] = x;
-        if (cols) cols[c * XT_LD + r] = x;
+    if (d == XT_DM && (stride & 7) == 0 && (((unsigned long long)(src + base)) & 15ull) == 0) {
+        // Whole aligned rows: 16-byte loads (8 threads per row), all in flight before the stores.
+        constexpr int PER = XT_T * XT_DM / 8 / XA_THREADS;
+        uint4 x[PER];
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            int e = threadIdx.x + i * XA_THREADS, r = e >> 3, c = (e & 7) * 8;
+            x[i] = r < n ? *reinterpret_cast<const uint4*>(src + base + r * stride + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            int e = threadIdx.x + i * XA_THREADS, r = e >> 3, c = (e & 7) * 8;
+            if (rows) *reinterpret_cast<uint4*>(rows + r * XT_LD + c) = x[i];
+            if (cols) {
+                unsigned w[4] = {x[i].x, x[i].y, x[i].z, x[i].w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    cols[(c + 2 * j) * XT_LD + r] = (bf16_t)(w[j] & 0xffffu);
+                    cols[(c + 2 * j + 1) * XT_LD + r] = (bf16_t)(w[j] >> 16);
+                }
+            }
+        }
+        return;
+    }
+    constexpr int PER = XT_T * XT_DM / XA_THREADS;
+    bf16_t x[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        int e = threadIdx.x + i * XA_THREADS, r = e / XT_DM, c = e % XT_DM;
+        x[i] = (r < n && c < d) ? src[base + r * stride + c] : (bf16_t)0;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        int e = threadIdx.x + i * XA_THREADS, r = e / XT_DM, c = e % XT_DM;
+        if (rows) rows[r * XT_LD + c] = x[i];
+        if (cols) cols[c * XT_LD + r] = x[i];
     }
 }
 // acc[nt] += A[16 rows][64] · Bt[nt·8 .. nt·8+8][64]ᵀ, A and Bt in shared memory (row stride XT_LD).
@@ -740,12 +792,15 @@ extern "C" __global__ void __launch_bounds__(XA_THREADS) xa_bwd_dq_bf16_tc64(XAt
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tg = lane & 3;
     xt_load(qs, nullptr, q, qbase, stride, len, d);
     xt_load(dos, nullptr, d_o, qbase, stride, len, d);
-    for (int r = warp; r < XT_T; r += XA_THREADS / 32) {
+    xt_load(ks, nullptr, o, qbase, stride, len, d);  // O, staged in the key buffer
+    __syncthreads();
+    {
+        // δ = rowsum(dO∘O): two threads per row.
+        const int r = threadIdx.x >> 1, half = threadIdx.x & 1;
         float part = 0.0f;
-        if (r < len)
-            for (int c = lane; c < d; c += 32) part += bf2f(d_o[qbase + r * stride + c]) * bf2f(o[qbase + r * stride + c]);
-        part = warp_sum(part);
-        if (lane == 0) {
+        for (int c = half; c < d; c += 2) part += bf2f(dos[r * XT_LD + c]) * bf2f(ks[r * XT_LD + c]);
+        part += __shfl_xor_sync(0xffffffffu, part, 1);
+        if (half == 0) {
             row_d[r] = part;
             row_lse[r] = r < len ? lse[(b * s.t + t0 + r) * s.h + h] : 0.0f;
             if (r < len) delta[(b * s.t + t0 + r) * s.h + h] = part;
