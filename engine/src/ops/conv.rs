@@ -95,6 +95,9 @@ impl Tensor {
             }))???;
             Ok(Tensor::op_result(out, &out_shape, NAME, &inputs, |_| {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    // One contiguous copy of the gradient for both products (it is often a
+                    // broadcast, e.g. the gradient of a sum).
+                    let g = &g.contiguous()?;
                     let (x, w) = (&inp[0], &inp[1]);
                     let dx = if needs(inp, 0) {
                         let mut dx = crate::pool::take::<T>(x.numel());
