@@ -951,26 +951,33 @@ pub(crate) fn xattn_plan(gpu: &Arc<Gpu>, s: &XAttnDims, dtype: DType, media: &[i
     Ok(Some(XAttnPlan { tiles: upload_i64(gpu, &tiles)?, n_tiles, list_off: upload_i64(gpu, &off)?, list_tiles: upload_i64(gpu, &flat)?, tq, variant }))
 }
 
-fn xattn_dtype_tag(op: &'static str, dtype: DType) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("f32"),
-        DType::BF16 => Ok("bf16"),
-        other => Err(Error::UnsupportedDType { op, dtype: other }),
-    }
-}
+/// The tiled cross-attention kernels, keyed by `kind_dtype_variant`.
+const XATTN_KERNELS: &[(&str, &str)] = &[
+    ("fwd_f32_d64", "xa_fwd_f32_d64"),
+    ("fwd_f32_d128", "xa_fwd_f32_d128"),
+    ("fwd_bf16_d64", "xa_fwd_bf16_d64"),
+    ("fwd_bf16_d128", "xa_fwd_bf16_d128"),
+    ("fwd_bf16_tc64", "xa_fwd_bf16_tc64"),
+    ("bwd_dq_f32_d64", "xa_bwd_dq_f32_d64"),
+    ("bwd_dq_f32_d128", "xa_bwd_dq_f32_d128"),
+    ("bwd_dq_bf16_d64", "xa_bwd_dq_bf16_d64"),
+    ("bwd_dq_bf16_d128", "xa_bwd_dq_bf16_d128"),
+    ("bwd_dq_bf16_tc64", "xa_bwd_dq_bf16_tc64"),
+    ("bwd_dkdv_f32_d64", "xa_bwd_dkdv_f32_d64"),
+    ("bwd_dkdv_f32_d128", "xa_bwd_dkdv_f32_d128"),
+    ("bwd_dkdv_bf16_d64", "xa_bwd_dkdv_bf16_d64"),
+    ("bwd_dkdv_bf16_d128", "xa_bwd_dkdv_bf16_d128"),
+    ("bwd_dkdv_bf16_tc64", "xa_bwd_dkdv_bf16_tc64"),
+];
 
-/// Kernel names are built from parts at run time; the loader wants `&'static str`.
-fn xattn_kernel(kind: &str, tag: &str, variant: &str) -> &'static str {
-    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashMap<String, &'static str>>> = std::sync::OnceLock::new();
-    let name = format!("xa_{kind}_{tag}_{variant}");
-    let mut map = NAMES.get_or_init(Default::default).lock().expect("kernel name table poisoned");
-    map.entry(name.clone()).or_insert_with(|| Box::leak(name.into_boxed_str()))
+fn xattn_kernel(op: &'static str, kind: &str, dtype: DType, variant: &str) -> Result<&'static str> {
+    kname(op, XATTN_KERNELS, &format!("{kind}_{}_{variant}", dtype_tag(op, dtype)?))
 }
 
 /// Tiled masked cross-attention forward: `(o [B,T,H,D] in q's dtype, lse [B,T,H] f32)`.
 pub(crate) fn masked_xattn_tiled(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(CudaStorage, CudaStorage)> {
     const OP: &str = "masked_cross_attention";
-    let tag = xattn_dtype_tag(OP, q.dtype())?;
+    let name = xattn_kernel(OP, "fwd", q.dtype(), plan.variant)?;
     let (gpu, qp, _kq) = contig(q, OP)?;
     let (_, kp, _kk) = contig(k, OP)?;
     let (_, vp, _kv) = contig(v, OP)?;
@@ -978,7 +985,7 @@ pub(crate) fn masked_xattn_tiled(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: 
     let lse = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.t * s.h) as usize)?;
     let blocks = plan.n_tiles * s.h as usize;
     if blocks > 0 && s.d > 0 {
-        gpu.launch("fused", xattn_kernel("fwd", tag, plan.variant), blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, o.ptr, lse.ptr])?;
+        gpu.launch("fused", name, blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, o.ptr, lse.ptr])?;
     }
     Ok((o, lse))
 }
@@ -987,7 +994,8 @@ pub(crate) fn masked_xattn_tiled(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: 
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn masked_xattn_tiled_backward(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "masked_cross_attention_backward";
-    let tag = xattn_dtype_tag(OP, q.dtype())?;
+    let dq_kernel = xattn_kernel(OP, "bwd_dq", q.dtype(), plan.variant)?;
+    let dkdv_kernel = xattn_kernel(OP, "bwd_dkdv", q.dtype(), plan.variant)?;
     let d_o = if d_o.dtype() != q.dtype() { d_o.to_dtype(q.dtype())? } else { d_o.clone() };
     let (gpu, qp, _kq) = contig(q, OP)?;
     let (_, kp, _kk) = contig(k, OP)?;
@@ -1003,14 +1011,14 @@ pub(crate) fn masked_xattn_tiled_backward(s: XAttnDims, plan: &XAttnPlan, q: &Te
     }
     let blocks = plan.n_tiles * s.h as usize;
     if blocks > 0 {
-        gpu.launch("fused", xattn_kernel("bwd_dq", tag, plan.variant), blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, op_, gp, lse.ptr, dq.ptr, delta.ptr])?;
+        gpu.launch("fused", dq_kernel, blocks as u32, XA_THREADS, &mut args![s, plan.tiles.ptr, qp, kp, vp, op_, gp, lse.ptr, dq.ptr, delta.ptr])?;
     }
     let chunks = (s.r as usize).div_ceil(plan.tq);
     let kv_blocks = (s.b * s.m * s.h) as usize * chunks;
     if kv_blocks > 0 {
         gpu.launch(
             "fused",
-            xattn_kernel("bwd_dkdv", tag, plan.variant),
+            dkdv_kernel,
             kv_blocks as u32,
             XA_THREADS,
             &mut args![s, plan.tiles.ptr, plan.list_off.ptr, plan.list_tiles.ptr, qp, kp, vp, gp, lse.ptr, delta.ptr, dk.ptr, dv.ptr],
@@ -1066,4 +1074,22 @@ pub(crate) fn masked_xattn_backward(s: XAttnDims, q: &Tensor, k: &Tensor, v: &Te
         )?;
     }
     Ok((dq, dk, dv))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every tiled cross-attention kernel name the launcher can ask for exists in fused.cu (the
+    /// instances come from macros, so a typo would otherwise show only on a GPU).
+    #[test]
+    fn cross_attention_kernel_table_matches_fused_cu() {
+        if let Err(e) = super::super::libs::load_nvrtc() {
+            assert_ne!(std::env::var("FLAMINGO_REQUIRE_NVRTC").as_deref(), Ok("1"), "NVRTC required: {e}");
+            eprintln!("skipped: NVRTC not found ({e})");
+            return;
+        }
+        let ptx = super::super::compile::compile_uncached("fused", "sm_90").expect("fused.cu compiles");
+        for (_, name) in super::XATTN_KERNELS {
+            assert!(ptx.contains(&format!(".entry {name}(")), "{name} is not in fused.cu");
+        }
+    }
 }
