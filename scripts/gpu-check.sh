@@ -17,18 +17,27 @@ case "${1:-}" in
 build)
     set -e
     cargo build --release -p flamingo-trainer --bin flamingo
-    # The CUDA test binary (parity of every op, fallback, NVRTC compile of every kernel).
-    test_bin=$(cargo test --release -p flamingo-engine --test cuda --no-run --message-format=json 2>/dev/null \
-        | python3 -c 'import json,sys
+    # Test binaries: the engine's CUDA tests (parity of every op, fallback, NVRTC compile of every
+    # kernel), the fused kernels' parity (reference / fused CPU / fused CUDA) and the whole
+    # training step on both devices.
+    test_exe() { # package test-target
+        cargo test --release -p "$1" --test "$2" --no-run --message-format=json 2>/dev/null \
+            | python3 -c 'import json,sys
 for l in sys.stdin:
     m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cuda":
-        print(m["executable"])' | tail -1)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
+        print(m["executable"])' "$2" | tail -1
+    }
+    cuda_bin=$(test_exe flamingo-engine cuda)
+    fused_bin=$(test_exe flamingo-model fused_parity)
+    device_bin=$(test_exe flamingo-model device_parity)
     rm -rf "$dist" && mkdir -p "$dist"
     cp target/release/flamingo "$dist/flamingo"
-    cp "$test_bin" "$dist/cuda-tests"
+    cp "$cuda_bin" "$dist/cuda-tests"
+    cp "$fused_bin" "$dist/fused-parity"
+    cp "$device_bin" "$dist/device-parity"
     # Symbols kept (not stripped): panics on the GPU machine then show a readable backtrace.
-    [ -n "${GPU_CHECK_STRIP:-}" ] && strip "$dist/flamingo" "$dist/cuda-tests"
+    [ -n "${GPU_CHECK_STRIP:-}" ] && strip "$dist"/flamingo "$dist"/*-tests "$dist"/*-parity
     git rev-parse --short HEAD > "$dist/commit"
     du -sh "$dist"
     ;;
@@ -53,15 +62,25 @@ run)
     echo "== cuda tests"
     # (the parity test runs the selftest below; skipped here to save device time)
     RUST_BACKTRACE=1 timeout 90 "$dist/cuda-tests" --test-threads=1 --nocapture --skip cuda_matches_cpu_for_every_op 2>&1 | tee "$out/tests.txt" || status=1
+    echo "== model parity: fused kernels and the whole training step, CPU vs CUDA"
+    {
+        RUST_BACKTRACE=1 timeout 60 "$dist/fused-parity" --test-threads=1 2>&1 || echo "fused-parity FAILED"
+        RUST_BACKTRACE=1 timeout 60 "$dist/device-parity" --nocapture 2>&1 || echo "device-parity FAILED"
+    } | tee "$out/parity.txt"
+    grep -q FAILED "$out/parity.txt" && status=1
     echo "== selftest"
     RUST_BACKTRACE=1 FLAMINGO_CUDA_SYNC=1 timeout 100 "$dist/flamingo" --device cuda selftest 2>&1 | tee "$out/selftest.txt" || status=1
     echo "== bench --suite cuda"
-    RUST_BACKTRACE=1 timeout 120 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
+    RUST_BACKTRACE=1 timeout 180 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
     echo "== PyTorch masked cross-attention on the same card"
     PYTHONUNBUFFERED=1 timeout 80 python3 benches/torch/masked_xattn_cuda.py 2>&1 | tee "$out/torch_xattn.txt" || status=1
+    echo "== PyTorch training steps on the same card (eager, f32, TF32 off)"
+    PYTHONUNBUFFERED=1 timeout 90 python3 benches/torch/train_step_bench.py --device cuda --variants eager --quick 2>&1 | tee -a "$out/torch_xattn.txt" || status=1
     echo "== kernel times (Nsight Compute, gpu__time_duration, clocks as found)"
     ncu_bin=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null || true)
-    if [ -n "$ncu_bin" ]; then
+    if [ -z "${GPU_CHECK_NCU:-}" ]; then
+        echo "skipped (set GPU_CHECK_NCU=1 to read them)" | tee "$out/kernels.txt"
+    elif [ -n "$ncu_bin" ]; then
         for c in masked_xattn_bf16_fused masked_xattn_bf16_fused_large; do
             timeout 60 "$ncu_bin" --clock-control none --launch-count 40 --metrics gpu__time_duration.sum --csv \
                 "$dist/flamingo" --device cuda bench --suite cuda --cases "$c" --quick > "/tmp/ncu_$c.csv" 2>/dev/null
@@ -74,11 +93,13 @@ run)
     echo "== summary"
     {
         grep -E "^test result" "$out/tests.txt" || echo "cuda tests: no result line"
+        grep -E "^test result|vs reference|FAILED|skipped" "$out/parity.txt" || echo "parity: no result line"
         grep -E "checks passed" "$out/selftest.txt" || echo "selftest: no summary line"
         grep -E "FAIL" "$out/selftest.txt" | head -40 || true
         grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
         grep -E "masked_xattn" "$out/bench.txt" || true
-        grep -E "^torch_" "$out/torch_xattn.txt" || true
+        grep -E "^torch_|^train_step" "$out/torch_xattn.txt" || true
+        grep -E "train_step" "$out/bench.txt" || true
         cat "$out/kernels.txt" 2>/dev/null || true
     } | tee "$out/summary.txt"
     exit $status

@@ -7,6 +7,9 @@
 //!   `add_f32` and `gelu_f32` (engine elementwise ops): GB/s counts bytes read plus written.
 //! - `softmax_f32`, `layer_norm_f32`, `cross_entropy_f32`: the row kernels at LM sizes.
 //!
+//! - `train_step_{tiny,small}_cuda`: the fused suite's Flamingo training steps with parameters
+//!   and images on the GPU (tokens per step in the flops column).
+//!
 //! Every call ends with a device synchronise, so times are wall-clock per call.
 use crate::{time_median_ms, BenchRow};
 use flamingo_engine::cuda::raw;
@@ -175,7 +178,14 @@ pub fn run(dev: Device, cases_wanted: Option<&[String]>, quick: bool, mut progre
             Ok(_) => "suite `cuda` needs --device cuda".into(),
         });
     }
-    let all = cases(dev).map_err(|e| e.to_string())?;
+    let mut all = cases(dev).map_err(|e| e.to_string())?;
+    let want = |n: &str| cases_wanted.is_none_or(|w| w.iter().any(|x| x == n));
+    if want("train_step_tiny_cuda") || want("train_step_small_cuda") {
+        for mut c in crate::train_step::cuda_cases(dev).map_err(|e| e.to_string())? {
+            // Tokens per step in `flops`, as in the fused suite: the gflops column × 1e9 is tokens/s.
+            all.push(GpuCase { name: c.name, shape: c.shape, dtype: c.dtype, flops: c.flops, bytes: 0.0, run: Box::new(move || Ok((c.run)())) });
+        }
+    }
     let mut rows = Vec::new();
     for mut c in all {
         if let Some(w) = cases_wanted {

@@ -16,13 +16,13 @@
 //! `flops` holds the number of tokens per step, so the gflops column × 1e9 is tokens per second.
 use crate::Case;
 use flamingo_engine::optim::{clip_grad_norm, AdamW, AdamWConfig, ParamGroup};
-use flamingo_engine::{DType, ParamStore, Result, Rng, Tensor};
+use flamingo_engine::{DType, Device, ParamStore, Result, Rng, Tensor};
 use flamingo_model::config::preset;
 use flamingo_model::flamingo::Flamingo;
 use flamingo_model::nfnet::NfNet;
 use flamingo_model::nn::Init;
 
-fn step_case(name: &'static str, preset_name: &str, batch: usize, images: usize, chunk: usize) -> Result<Case> {
+fn step_case(name: &'static str, preset_name: &str, batch: usize, images: usize, chunk: usize, dev: Device) -> Result<Case> {
     let full = preset(preset_name).expect("preset");
     let cfg = full.flamingo.clone().expect("preset with a Flamingo part");
     let mut rng = Rng::new(11);
@@ -48,6 +48,11 @@ fn step_case(name: &'static str, preset_name: &str, batch: usize, images: usize,
         .collect();
     let ids = Tensor::from_vec(ids, &[batch, len])?;
     let targets = model.targets(&ids, None, true)?;
+    // Parameters and images on the device; token ids and targets stay on the host (the ops read
+    // them there: embedding indices, media index, loss targets).
+    vstore.to_device(dev)?;
+    store.to_device(dev)?;
+    let pixels = pixels.to_device(dev)?;
     let trainable = store.trainable();
     let params: Vec<Tensor> = trainable.iter().map(|(_, t)| t.clone()).collect();
     let (decayed, plain): (Vec<_>, Vec<_>) = trainable.into_iter().partition(|(n, t)| n.contains("gated_cross_attn_layers") && t.rank() >= 2);
@@ -65,11 +70,20 @@ fn step_case(name: &'static str, preset_name: &str, batch: usize, images: usize,
             Flamingo::loss(&logits, &targets).expect("loss").backward().expect("backward");
             clip_grad_norm(&params, 1.0).expect("clip");
             opt.step().expect("AdamW");
+            if dev.is_cuda() {
+                flamingo_engine::cuda::raw::synchronize(dev).expect("synchronize");
+            }
         }),
     })
 }
 
 /// Both training-step cases.
 pub fn cases() -> Result<Vec<Case>> {
-    Ok(vec![step_case("train_step_tiny", "tiny", 16, 5, 4)?, step_case("train_step_small", "small", 8, 4, 64)?])
+    Ok(vec![step_case("train_step_tiny", "tiny", 16, 5, 4, Device::Cpu)?, step_case("train_step_small", "small", 8, 4, 64, Device::Cpu)?])
+}
+
+/// The same two steps on a CUDA device (f32, fused kernels), for `flamingo bench --suite cuda`:
+/// `train_step_tiny_cuda`, `train_step_small_cuda`. Each call ends with a device synchronise.
+pub fn cuda_cases(dev: Device) -> Result<Vec<Case>> {
+    Ok(vec![step_case("train_step_tiny_cuda", "tiny", 16, 5, 4, dev)?, step_case("train_step_small_cuda", "small", 8, 4, 64, dev)?])
 }

@@ -263,7 +263,7 @@ class Flamingo(nn.Module):
             media = feats.reshape(b, m, fr * s, dv)
         h = F.embedding(ids, torch.cat([self.lm.embed_tokens.weight, self.new_tokens], 0))
         loc = ids == self.media_id
-        pos = torch.arange(ids.shape[1]).unsqueeze(0)
+        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0)
         rope = self.lm.rotary_emb(h, position_ids=pos)
         for i, layer in enumerate(self.lm.layers):
             blk = self.xattn[str(i)] if str(i) in self.xattn else None
@@ -347,12 +347,16 @@ def make_step(model, batch, variant):
     else:
         fwd, opt_step = model, opt.step
 
+    cuda = images.is_cuda
+
     def step():
         opt.zero_grad(set_to_none=True)
         loss = fwd(images, ids, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt_step()
+        if cuda:
+            torch.cuda.synchronize()  # wall-clock per step, as ours
         return loss
 
     return step
@@ -379,6 +383,7 @@ def main():
     ap.add_argument("--cases", default="", help="comma-separated case names to run")
     ap.add_argument("--quick", action="store_true", help="fewer samples, shorter warmup")
     ap.add_argument("--variants", default="eager,compile", help="comma-separated: eager, compile")
+    ap.add_argument("--device", default="cpu", help="cpu (2 threads) or cuda (f32, TF32 off)")
     ap.add_argument(
         "--compile-limit",
         type=float,
@@ -388,6 +393,11 @@ def main():
     args = ap.parse_args()
 
     torch.set_num_threads(2)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        # Plain f32 products, as our f32 GEMMs (cuBLAS without TF32).
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     cases = CASES
     if args.cases:
         wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
@@ -406,8 +416,8 @@ def main():
     for case, preset in cases:
         p = PRESETS[preset]
         torch.manual_seed(0)
-        model = Flamingo(p)
-        batch = make_batch(p)
+        model = Flamingo(p).to(device)
+        batch = tuple(t.to(device) for t in make_batch(p))
         b, l = batch[1].shape
         shape = f"{b}x{l},m{batch[0].shape[1]},{p['image_size']}px"
         report = format_report(preset, param_report(model))
@@ -442,7 +452,7 @@ def main():
                     "suite": SUITE,
                     "case": case,
                     "variant": variant,
-                    "device": "cpu",
+                    "device": device.type,
                     "dtype": "f32",
                     "shape": shape,
                     "median_ms": median_ms,
@@ -456,7 +466,7 @@ def main():
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, device=cpu, dtype=f32")
+    print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, device={device.type}, dtype=f32")
     for r in reports:
         print(r, end="")
     print(f"{'case':<18} {'variant':<8} {'shape':<15} {'median_ms':>12} {'gflops':>8} {'tokens/s':>10} {'samples':>7}")

@@ -70,6 +70,32 @@ impl ParamStore {
         n
     }
 
+    /// Moves every parameter to `device` (a no-op for those already there), keeping names and
+    /// `requires_grad`. Handles fetched before are left on the old device: fetch them again, and
+    /// build optimisers after the move.
+    pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
+        for (name, t) in self.params.iter_mut() {
+            if t.device() != device {
+                let moved = crate::autograd::no_grad(|| t.detach().to_device(device)).map_err(|e| Error::Msg(format!("moving parameter `{name}` to {device}: {e}")))?;
+                *t = moved.requires_grad_(t.requires_grad());
+            }
+        }
+        Ok(())
+    }
+
+    /// The device of the parameters (the CPU for an empty store); an error naming two parameters
+    /// when they are on different devices.
+    pub fn device(&self) -> Result<crate::Device> {
+        let mut it = self.params.iter();
+        let Some((first, t0)) = it.next() else { return Ok(crate::Device::Cpu) };
+        for (name, t) in it {
+            if t.device() != t0.device() {
+                return Err(Error::Msg(format!("parameters on different devices: `{first}` on {}, `{name}` on {}", t0.device(), t.device())));
+            }
+        }
+        Ok(t0.device())
+    }
+
     /// Clears every gradient.
     pub fn zero_grad(&self) {
         for t in self.params.values() {

@@ -40,10 +40,10 @@ pub struct RowLayout<'a> {
 
 /// The additive attention mask `[b or 1, 1, l, total]`: 0 where allowed, −∞ for future keys,
 /// −1e30 for padding keys (finite, so a padding query that sees only padding stays finite).
-pub(crate) fn attention_mask(l: usize, past: usize, key_valid: Option<&Tensor>, dtype: flamingo_engine::DType) -> Result<Tensor> {
+pub(crate) fn attention_mask(l: usize, past: usize, key_valid: Option<&Tensor>, dtype: flamingo_engine::DType, device: flamingo_engine::Device) -> Result<Tensor> {
     let total = past + l;
     let causal: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { f32::NEG_INFINITY } else { 0.0 }).collect();
-    let causal = Tensor::from_vec(causal, &[1, 1, l, total])?.to_dtype(dtype)?;
+    let causal = Tensor::from_vec(causal, &[1, 1, l, total])?.to_dtype(dtype)?.to_device(device)?;
     match key_valid {
         None => Ok(causal),
         Some(v) => {
@@ -51,7 +51,7 @@ pub(crate) fn attention_mask(l: usize, past: usize, key_valid: Option<&Tensor>, 
             if v.shape() != [b, total] {
                 return Err(Error::Msg(format!("attention mask: key validity {:?} does not cover {total} keys", v.shape())));
             }
-            let pad = v.to_dtype(dtype)?.affine(1e30, -1e30)?.reshape(&[b, 1, 1, total])?; // 0 valid, −1e30 pad
+            let pad = v.to_device(device)?.to_dtype(dtype)?.affine(1e30, -1e30)?.reshape(&[b, 1, 1, total])?; // 0 valid, −1e30 pad
             causal.add(&pad)
         }
     }
@@ -158,7 +158,7 @@ impl Gpt2 {
         }
         let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
         // Query a (absolute position past + a) may not see key j > past + a, nor padding.
-        let mask = attention_mask(l, past, layout.key_valid, scores.dtype())?;
+        let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
         let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&conv1d(&merge_heads(&a)?, "attn.c_proj")?)?;
         let x = h.layer_norm(Some(g("ln_2.weight")?), Some(g("ln_2.bias")?), eps)?;

@@ -45,6 +45,19 @@ fn default_theta() -> f64 {
 pub struct Llama {
     pub cfg: LlamaConfig,
     prefix: String,
+    /// The last rotary tables built (every layer of one forward asks for the same ones).
+    rope_cache: std::sync::Arc<std::sync::Mutex<Option<RopeTables>>>,
+}
+
+/// Rotary `cos, sin` tables and what they were built for.
+#[derive(Debug)]
+struct RopeTables {
+    positions: Vec<i64>,
+    rows: usize,
+    dtype: flamingo_engine::DType,
+    device: flamingo_engine::Device,
+    cos: Tensor,
+    sin: Tensor,
 }
 
 /// `x · rsqrt(mean(x²) + eps) · w` over the last axis.
@@ -81,7 +94,7 @@ impl Llama {
         if !cfg.tie_word_embeddings {
             init.normal(store, &n("lm_head.weight"), &[cfg.vocab_size, d], 0.02)?;
         }
-        Ok(Llama { cfg: cfg.clone(), prefix: prefix.to_string() })
+        Ok(Llama { cfg: cfg.clone(), prefix: prefix.to_string(), rope_cache: Default::default() })
     }
 
     fn w<'a>(&self, p: &'a ParamStore, s: &str) -> Result<&'a Tensor> {
@@ -108,7 +121,11 @@ impl Llama {
 
     /// `cos, sin` for the given positions (HF layout: the frequencies repeated twice,
     /// `emb = cat(freqs, freqs)`), shaped `[rows, 1, l, head_dim]` (rows = 1 when shared).
-    fn rope_tables(&self, positions: &[i64], rows: usize, l: usize, dtype: flamingo_engine::DType) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(&self, positions: &[i64], rows: usize, l: usize, dtype: flamingo_engine::DType, device: flamingo_engine::Device) -> Result<(Tensor, Tensor)> {
+        let mut cache = self.rope_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cache.as_ref().filter(|c| c.positions == positions && c.rows == rows && c.dtype == dtype && c.device == device) {
+            return Ok((c.cos.clone(), c.sin.clone()));
+        }
         let hd = self.cfg.hidden_size / self.cfg.num_attention_heads;
         let half = hd / 2;
         let mut cos = Vec::with_capacity(positions.len() * hd);
@@ -122,7 +139,10 @@ impl Llama {
             }
         }
         let shape = [rows, 1, l, hd];
-        Ok((Tensor::from_vec(cos, &shape)?.to_dtype(dtype)?, Tensor::from_vec(sin, &shape)?.to_dtype(dtype)?))
+        let cos = Tensor::from_vec(cos, &shape)?.to_dtype(dtype)?.to_device(device)?;
+        let sin = Tensor::from_vec(sin, &shape)?.to_dtype(dtype)?.to_device(device)?;
+        *cache = Some(RopeTables { positions: positions.to_vec(), rows, dtype, device, cos: cos.clone(), sin: sin.clone() });
+        Ok((cos, sin))
     }
 
     /// `x [b, h, l, hd]` rotated: `x·cos + rotate_half(x)·sin`, `rotate_half = cat(−x₂, x₁)`.
@@ -148,7 +168,7 @@ impl Llama {
         let (b, l, d) = (e.shape()[0], e.shape()[1], e.shape()[2]);
         let first = match prev {
             Some(p) => p.clone(),
-            None => Tensor::zeros(&[b, 1, d], e.dtype(), Default::default()),
+            None => Tensor::zeros(&[b, 1, d], e.dtype(), e.device()),
         };
         let before = if l > 1 { Tensor::concat(&[&first, &e.narrow(1, 0, l - 1)?], 1)? } else { first };
         e.add(&before.mul(self.w(p, "model.token_shift")?)?)
@@ -172,8 +192,8 @@ impl Llama {
             return Err(Error::Msg(format!("llama: sequence of {} tokens exceeds max_position_embeddings = {}", past + l, self.cfg.max_position_embeddings)));
         }
         let (cos, sin) = match layout.positions {
-            Some(pos) => self.rope_tables(pos, h.shape()[0], l, h.dtype())?,
-            None => self.rope_tables(&(past as i64..(past + l) as i64).collect::<Vec<_>>(), 1, l, h.dtype())?,
+            Some(pos) => self.rope_tables(pos, h.shape()[0], l, h.dtype(), h.device())?,
+            None => self.rope_tables(&(past as i64..(past + l) as i64).collect::<Vec<_>>(), 1, l, h.dtype(), h.device())?,
         };
         let q = Llama::rope(&split_heads(&x.linear(g("self_attn.q_proj.weight")?, None)?, heads)?, &cos, &sin)?;
         let mut k = Llama::rope(&split_heads(&x.linear(g("self_attn.k_proj.weight")?, None)?, kvh)?, &cos, &sin)?;
@@ -194,7 +214,7 @@ impl Llama {
         };
         let (k, v) = (rep(&k)?, rep(&v)?);
         let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
-        let mask = attention_mask(l, past, layout.key_valid, scores.dtype())?;
+        let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
         let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&merge_heads(&a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
         let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;

@@ -267,7 +267,7 @@ impl NfNet {
                 4.0 / (rows * cols) as f32
             })
             .collect();
-        pooled.mul(&Tensor::from_vec(fix, &[1, 1, ho, wo])?.to_dtype(x.dtype())?)
+        pooled.mul(&Tensor::from_vec(fix, &[1, 1, ho, wo])?.to_dtype(x.dtype())?.to_device(x.device())?)
     }
 
     /// Squeeze-excite: `2·out·sigmoid(fc2(relu(fc1(mean_hw(out)))))`.

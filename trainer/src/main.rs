@@ -226,6 +226,9 @@ fn main() -> ExitCode {
         Command::Bench { suite, list: true, .. } => flamingo_benches::suites::cases(&suite).map(|cs| cs.iter().for_each(|c| println!("{}", c.name))),
         Command::Bench { suite, json, cases, quick, .. } => bench(&suite, json, cases.as_deref(), quick),
     };
+    if flamingo_kernels::cpu::gemm::stats::enabled() {
+        eprint!("{}", flamingo_kernels::cpu::gemm::stats::report());
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -55,6 +55,7 @@ pub unsafe fn gemm_raw<T: Float>(
         return;
     }
     let par = if parallel { threads_for(2 * m * n * k) } else { Parallelism::None };
+    let _timer = stats::Timer::start(m, n, k, l, r, dst_rs, parallel);
     gemm::gemm(
         m,
         n,
@@ -114,6 +115,90 @@ pub fn batched_matmul<T: Float>(
         for (b, o) in out.chunks_mut(m * n).enumerate() {
             one(b, o, true);
         }
+    }
+}
+
+/// Opt-in per-shape GEMM statistics (`FLAMINGO_GEMM_STATS=1`): calls, time and GFLOP/s for
+/// every (m, n, k, operand layout) seen, printed by [`stats::report`] (the trainer prints it at
+/// exit). Off by default: the only cost then is one relaxed atomic load per product.
+pub mod stats {
+    use super::MatRef;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::Mutex;
+    use std::time::Instant;
+
+    static STATE: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 off, 2 on
+    type Key = (usize, usize, usize, &'static str, bool);
+    static TABLE: Mutex<Option<HashMap<Key, (u64, f64)>>> = Mutex::new(None);
+
+    /// Whether statistics are being collected.
+    pub fn enabled() -> bool {
+        match STATE.load(Ordering::Relaxed) {
+            0 => {
+                let on = std::env::var_os("FLAMINGO_GEMM_STATS").is_some_and(|v| v != "0" && !v.is_empty());
+                STATE.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+                on
+            }
+            s => s == 2,
+        }
+    }
+
+    fn layout(l: MatRef, r: MatRef, dst_rs: isize) -> &'static str {
+        let t = |m: MatRef| if m.cs == 1 { 'N' } else if m.rs == 1 { 'T' } else { 'S' };
+        match (t(l), t(r), dst_rs) {
+            ('N', 'N', _) => "NN",
+            ('N', 'T', _) => "NT",
+            ('T', 'N', _) => "TN",
+            ('T', 'T', _) => "TT",
+            _ => "strided",
+        }
+    }
+
+    /// Times one product while alive (a no-op when statistics are off).
+    pub struct Timer(Option<(Key, Instant)>);
+
+    impl Timer {
+        pub(super) fn start(m: usize, n: usize, k: usize, l: MatRef, r: MatRef, dst_rs: isize, parallel: bool) -> Timer {
+            if !enabled() {
+                return Timer(None);
+            }
+            Timer(Some(((m, n, k, layout(l, r, dst_rs), parallel), Instant::now())))
+        }
+    }
+
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            if let Some((key, t0)) = self.0.take() {
+                let dt = t0.elapsed().as_secs_f64();
+                let mut g = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+                let e = g.get_or_insert_with(HashMap::new).entry(key).or_insert((0, 0.0));
+                e.0 += 1;
+                e.1 += dt;
+            }
+        }
+    }
+
+    /// The collected table, largest total time first, as text (empty when nothing was recorded).
+    pub fn report() -> String {
+        let g = TABLE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = g.as_ref() else { return String::new() };
+        let mut rows: Vec<_> = t.iter().collect();
+        rows.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+        let total: f64 = rows.iter().map(|r| r.1 .1).sum();
+        let flops: f64 = rows.iter().map(|((m, n, k, _, _), (c, _))| 2.0 * (*m * *n * *k) as f64 * *c as f64).sum();
+        let mut s = format!(
+            "GEMM statistics: {:.3} s in {} products, {:.1} GFLOP/s overall\n{:>6} {:>6} {:>6} {:>7} {:>4} {:>8} {:>10} {:>8}\n",
+            total,
+            rows.iter().map(|r| r.1 .0).sum::<u64>(),
+            flops / total.max(1e-12) / 1e9,
+            "m", "n", "k", "layout", "par", "calls", "total_ms", "GFLOP/s"
+        );
+        for ((m, n, k, lay, par), (c, dt)) in rows {
+            let gf = 2.0 * (*m * *n * *k) as f64 * *c as f64 / dt.max(1e-12) / 1e9;
+            s += &format!("{m:>6} {n:>6} {k:>6} {lay:>7} {:>4} {c:>8} {:>10.2} {gf:>8.1}\n", if *par { "y" } else { "n" }, dt * 1e3);
+        }
+        s
     }
 }
 
