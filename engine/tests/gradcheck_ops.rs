@@ -197,3 +197,49 @@ fn gradcheck_weight_standardize() {
     let w2 = Tensor::from_vec(v, &[5, 3, 2, 2]).unwrap();
     gradcheck("weight_standardize_floor", |x| Tensor::weight_standardize(&x[0], &x[1], StdScale::DeepMind { floor: 1e-4 }), &[w2, gain]);
 }
+
+/// Causal self-attention (f64 takes the reference composition) against central differences,
+/// with grouped-query heads.
+#[test]
+fn gradcheck_causal_attention() {
+    let q = rand(&[1, 4, 5, 3], -1.0, 1.0, 51);
+    let k = rand(&[1, 2, 5, 3], -1.0, 1.0, 52);
+    let v = rand(&[1, 2, 5, 3], -1.0, 1.0, 53);
+    gradcheck("causal_attention", |x| Tensor::causal_attention(&x[0], &x[1], &x[2]), &[q, k, v]);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+    /// The fused f32 kernel against the reference composition: output and all three gradients,
+    /// on random shapes (block boundaries, GQA groups) and with q given as a transposed view.
+    #[test]
+    fn fused_causal_attention_matches_the_reference(b in 1usize..3, kvh in 1usize..3, rep in 1usize..3, l in 1usize..150, d in 1usize..20, seed in 0u64..1000) {
+        let h = kvh * rep;
+        let f32r = |shape: &[usize], s: u64| Tensor::uniform(shape, -1.0, 1.0, DType::F32, &mut Rng::new(s));
+        // q as the model makes it: [B, L, H, D] memory seen as [B, H, L, D].
+        let q = f32r(&[b, l, h, d], seed).transpose(1, 2).unwrap();
+        let (k, v, w) = (f32r(&[b, kvh, l, d], seed + 1), f32r(&[b, kvh, l, d], seed + 2), f32r(&[b, h, l, d], seed + 3));
+        let run = |fused: bool| {
+            let (q, k, v) = (q.requires_grad_(true), k.requires_grad_(true), v.requires_grad_(true));
+            let o = if fused { Tensor::causal_attention(&q, &k, &v).unwrap() } else { Tensor::causal_attention_reference(&q, &k, &v).unwrap() };
+            o.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
+            vec![o.detach().contiguous().unwrap(), q.grad().unwrap(), k.grad().unwrap(), v.grad().unwrap()]
+        };
+        let (f, r) = (run(true), run(false));
+        for (i, (x, y)) in f.iter().zip(&r).enumerate() {
+            prop_assert_eq!(x.shape(), y.shape());
+            let (x, y) = (x.to_vec::<f32>().unwrap(), y.to_vec::<f32>().unwrap());
+            let scale = y.iter().fold(1f32, |m, a| m.max(a.abs()));
+            let err = x.iter().zip(&y).fold(0f32, |m, (a, c)| m.max((a - c).abs())) / scale;
+            prop_assert!(err < 2e-5, "{} differs by {}", ["o", "dq", "dk", "dv"][i], err);
+        }
+    }
+}
+
+#[test]
+fn causal_attention_names_bad_shapes() {
+    let q = Tensor::zeros(&[1, 3, 4, 2], DType::F32, Default::default());
+    let k = Tensor::zeros(&[1, 2, 4, 2], DType::F32, Default::default());
+    let e = Tensor::causal_attention(&q, &k, &k).unwrap_err().to_string();
+    assert!(e.contains("[1, 3, 4, 2]") && e.contains("[1, 2, 4, 2]") && e.contains("divide"), "{e}");
+}

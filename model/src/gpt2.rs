@@ -156,10 +156,15 @@ impl Gpt2 {
             c.k = Some(k.clone());
             c.v = Some(v.clone());
         }
-        let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
-        // Query a (absolute position past + a) may not see key j > past + a, nor padding.
-        let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
-        let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
+        let a = if past == 0 && layout.key_valid.is_none() && crate::kernels::use_fused(&q) {
+            // Plain causal attention (training, first chunk of decoding): the fused op.
+            Tensor::causal_attention(&q, &k, &v)?
+        } else {
+            let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
+            // Query a (absolute position past + a) may not see key j > past + a, nor padding.
+            let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
+            scores.add(&mask)?.softmax(-1)?.matmul(&v)?
+        };
         let h = h.add(&conv1d(&merge_heads(&a)?, "attn.c_proj")?)?;
         let x = h.layer_norm(Some(g("ln_2.weight")?), Some(g("ln_2.bias")?), eps)?;
         let m = conv1d(&conv1d(&x, "mlp.c_fc")?.gelu_tanh()?, "mlp.c_proj")?;

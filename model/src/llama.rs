@@ -207,15 +207,21 @@ impl Llama {
             c.v = Some(v.clone());
         }
         let total = past + l;
-        // Grouped-query attention: each key/value head serves heads/kvh consecutive query heads.
-        let rep = |t: &Tensor| -> Result<Tensor> {
-            let b = t.shape()[0];
-            t.unsqueeze(2)?.broadcast_as(&[b, kvh, heads / kvh, total, hd])?.reshape(&[b, heads, total, hd])
+        let a = if past == 0 && layout.key_valid.is_none() && crate::kernels::use_fused(&q) {
+            // Plain causal attention (training, first chunk of decoding): the fused op, which
+            // also does the grouped-query head sharing itself.
+            Tensor::causal_attention(&q, &k, &v)?
+        } else {
+            // Grouped-query attention: each key/value head serves heads/kvh consecutive query heads.
+            let rep = |t: &Tensor| -> Result<Tensor> {
+                let b = t.shape()[0];
+                t.unsqueeze(2)?.broadcast_as(&[b, kvh, heads / kvh, total, hd])?.reshape(&[b, heads, total, hd])
+            };
+            let (k, v) = (rep(&k)?, rep(&v)?);
+            let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
+            let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
+            scores.add(&mask)?.softmax(-1)?.matmul(&v)?
         };
-        let (k, v) = (rep(&k)?, rep(&v)?);
-        let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
-        let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
-        let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
         let h = h.add(&merge_heads(&a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
         let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;
         let m = x.linear(g("mlp.gate_proj.weight")?, None)?.silu()?.mul(&x.linear(g("mlp.up_proj.weight")?, None)?)?;

@@ -3,6 +3,7 @@
 //! bf16/f16 tensors are computed in f32: each op converts its inputs up, runs, and converts the
 //! result back (the conversions are themselves differentiable).
 pub mod binary;
+pub mod causal_attention;
 pub mod concat;
 pub mod conv;
 pub mod fused;

@@ -123,13 +123,13 @@ fn tiles(s: &XAttnShape, media: &[i64]) -> (Vec<Tile>, Vec<std::ops::Range<usize
 
 /// A raw pointer that may cross threads; every use writes a region no other work item touches.
 #[derive(Clone, Copy)]
-struct SyncPtr(*mut f32);
+pub(super) struct SyncPtr(pub(super) *mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 impl SyncPtr {
     /// Method access, so closures capture the whole `SyncPtr` (not its `*mut` field).
     #[inline(always)]
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -146,7 +146,7 @@ impl SyncPtr {
 /// All three operands with their strides must stay inside live allocations; `c` must not alias them.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-unsafe fn small_mm(
+pub(super) unsafe fn small_mm(
     m: usize,
     n: usize,
     k: usize,
@@ -501,7 +501,7 @@ unsafe fn scatter_rows(src: &[f32], rows: usize, cols: usize, dst: *mut f32, dst
 
 /// `dst[e·n + j] = src[j·d + e]`: a contiguous `[n, d]` into a contiguous `[d, n]`.
 #[inline]
-fn transpose(src: &[f32], n: usize, d: usize, dst: &mut [f32]) {
+pub(super) fn transpose(src: &[f32], n: usize, d: usize, dst: &mut [f32]) {
     let (src, dst) = (&src[..n * d], &mut dst[..n * d]);
     #[cfg(target_arch = "x86_64")]
     {
@@ -520,7 +520,7 @@ fn transpose(src: &[f32], n: usize, d: usize, dst: &mut [f32]) {
 /// Softmax of one row of raw scores `x` at temperature `scale`, in place; returns the row's
 /// log-sum-exp `max·scale + ln Σ e^((x − max)·scale)`.
 #[inline]
-fn softmax_row(x: &mut [f32], scale: f32) -> f32 {
+pub(super) fn softmax_row(x: &mut [f32], scale: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if super::avx2::available() {
@@ -544,7 +544,7 @@ fn softmax_row(x: &mut [f32], scale: f32) -> f32 {
 /// Backward of one row: `p ← e^(p·scale − lse)` (raw scores in, probabilities out) and
 /// `dp ← p ∘ (dp − delta) · scale` (scaled score gradient).
 #[inline]
-fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
+pub(super) fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32) {
     #[cfg(target_arch = "x86_64")]
     {
         if super::avx2::available() {
@@ -560,7 +560,7 @@ fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32, scale: f32
 
 /// Σ a·b, 8 lanes combined in a fixed order.
 #[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
@@ -692,7 +692,7 @@ pub fn masked_xattn_forward(
 }
 
 /// Grows a scratch buffer to at least `n` elements (it never shrinks).
-fn grow(v: &mut Vec<f32>, n: usize) {
+pub(super) fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
         v.resize(n, 0.0);
     }

@@ -1,0 +1,48 @@
+//! Runs one training step of a preset N times and prints each step's time: a loop to put under
+//! `perf record` / `perf stat` or `FLAMINGO_GEMM_STATS=1` without the harness around it.
+//!
+//! ```text
+//! cargo run --release -p flamingo-benches --example step_profile -- small 5
+//! ```
+//! Presets: `tiny` (16 × 20 tokens, 5 images) and `small` (8 × 256 tokens, 4 images), as in
+//! `flamingo bench --suite fused --cases train_step_{tiny,small}`. The first step (model build,
+//! first allocations) is reported separately.
+use flamingo_benches::train_step::build_step;
+use flamingo_engine::Device;
+use std::time::Instant;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let preset = args.first().map(String::as_str).unwrap_or("tiny");
+    let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
+    let (batch, images, chunk) = match preset {
+        "tiny" => (16, 5, 4),
+        "small" => (8, 4, 64),
+        other => {
+            eprintln!("step_profile: unknown preset `{other}` (tiny or small)");
+            std::process::exit(2);
+        }
+    };
+    let t = Instant::now();
+    let mut step = build_step(preset, batch, images, chunk, Device::Cpu).unwrap_or_else(|e| {
+        eprintln!("step_profile: {e}");
+        std::process::exit(1)
+    });
+    step();
+    println!("{preset}: build + first step {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+    let mut times = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = Instant::now();
+        step();
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let mut sorted = times.clone();
+    sorted.sort_by(f64::total_cmp);
+    let tokens = (batch * images * chunk) as f64;
+    let median = sorted[sorted.len() / 2];
+    println!("{preset}: {steps} steps, ms: {}", times.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(" "));
+    println!("{preset}: median {median:.2} ms, {:.0} tokens/s", tokens / (median / 1e3));
+    if flamingo_kernels::cpu::gemm::stats::enabled() {
+        eprint!("{}", flamingo_kernels::cpu::gemm::stats::report());
+    }
+}
