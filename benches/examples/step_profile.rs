@@ -12,6 +12,7 @@ use flamingo_engine::Device;
 use std::time::Instant;
 
 fn main() {
+    flamingo_engine::tune_allocator(); // as the `flamingo` program does
     let args: Vec<String> = std::env::args().skip(1).collect();
     let preset = args.first().map(String::as_str).unwrap_or("tiny");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);

@@ -40,5 +40,6 @@ pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
 pub use ops::conv::ConvParams;
 pub use params::ParamStore;
+pub use pool::tune_allocator;
 pub use rng::Rng;
 pub use tensor::Tensor;

@@ -54,3 +54,21 @@ pub(crate) fn give<T: Pooled>(v: Vec<T>) {
         cache.remove(0);
     }
 }
+
+/// Tunes glibc's allocator for this workload (call once at program start; a no-op elsewhere).
+///
+/// Training allocates and frees many buffers of a few MB to a few tens of MB per step. By default
+/// glibc serves each from a fresh `mmap` and unmaps it on free, so every step page-faults its
+/// working set again and the kernel zeroes each page (measured on the `small` training step:
+/// ~46 000 faults, ~180 MB, per step). Raising the mmap threshold to its maximum (32 MiB) and the
+/// trim threshold keeps freed memory in the heap for reuse (~2 000 faults per step). Buffers above
+/// 32 MiB still come from `mmap`. The cost: the process keeps its peak heap instead of returning
+/// it to the system between steps.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before heavy allocation.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}

@@ -205,7 +205,28 @@ fn gradcheck_causal_attention() {
     let q = rand(&[1, 4, 5, 3], -1.0, 1.0, 51);
     let k = rand(&[1, 2, 5, 3], -1.0, 1.0, 52);
     let v = rand(&[1, 2, 5, 3], -1.0, 1.0, 53);
-    gradcheck("causal_attention", |x| Tensor::causal_attention(&x[0], &x[1], &x[2]), &[q, k, v]);
+    gradcheck("causal_attention", |x| Tensor::causal_attention(&x[0], &x[1], &x[2], None), &[q.clone(), k.clone(), v.clone()]);
+    let (cos, sin) = rope_tables(1, 5, 4);
+    let q = rand(&[1, 4, 5, 4], -1.0, 1.0, 54);
+    let k = rand(&[1, 2, 5, 4], -1.0, 1.0, 55);
+    let v = rand(&[1, 2, 5, 4], -1.0, 1.0, 56);
+    let (c, s) = (cos.to_dtype(DType::F64).unwrap(), sin.to_dtype(DType::F64).unwrap());
+    gradcheck("causal_attention_rope", move |x| Tensor::causal_attention(&x[0], &x[1], &x[2], Some((&c, &s))), &[q, k, v]);
+}
+
+/// Rotary tables `[rows, 1, l, d]` (f32) as LLaMA builds them, rows with different offsets.
+fn rope_tables(rows: usize, l: usize, d: usize) -> (Tensor, Tensor) {
+    let (mut c, mut s) = (Vec::new(), Vec::new());
+    for r in 0..rows {
+        for i in 0..l {
+            for j in 0..d {
+                let a = (i + 3 * r) as f64 / 10000f64.powf((2 * (j % (d / 2))) as f64 / d as f64);
+                c.push(a.cos() as f32);
+                s.push(a.sin() as f32);
+            }
+        }
+    }
+    (Tensor::from_vec(c, &[rows, 1, l, d]).unwrap(), Tensor::from_vec(s, &[rows, 1, l, d]).unwrap())
 }
 
 proptest! {
@@ -213,7 +234,9 @@ proptest! {
     /// The fused f32 kernel against the reference composition: output and all three gradients,
     /// on random shapes (block boundaries, GQA groups) and with q given as a transposed view.
     #[test]
-    fn fused_causal_attention_matches_the_reference(b in 1usize..3, kvh in 1usize..3, rep in 1usize..3, l in 1usize..150, d in 1usize..20, seed in 0u64..1000) {
+    fn fused_causal_attention_matches_the_reference(b in 1usize..3, kvh in 1usize..3, rep in 1usize..3, l in 1usize..150, half in 1usize..10, rope in 0usize..3, seed in 0u64..1000) {
+        // rope: 0 none, 1 one shared table, 2 one table per batch row.
+        let d = 2 * half - usize::from(rope == 0 && half > 1); // odd head dims without rope too
         let h = kvh * rep;
         let f32r = |shape: &[usize], s: u64| Tensor::uniform(shape, -1.0, 1.0, DType::F32, &mut Rng::new(s));
         // q as the model makes it: [B, L, H, D] memory seen as [B, H, L, D].
@@ -221,7 +244,9 @@ proptest! {
         let (k, v, w) = (f32r(&[b, kvh, l, d], seed + 1), f32r(&[b, kvh, l, d], seed + 2), f32r(&[b, h, l, d], seed + 3));
         let run = |fused: bool| {
             let (q, k, v) = (q.requires_grad_(true), k.requires_grad_(true), v.requires_grad_(true));
-            let o = if fused { Tensor::causal_attention(&q, &k, &v).unwrap() } else { Tensor::causal_attention_reference(&q, &k, &v).unwrap() };
+            let tables = (rope > 0).then(|| rope_tables(if rope == 1 { 1 } else { b }, l, d));
+            let r = tables.as_ref().map(|(c, s)| (c, s));
+            let o = if fused { Tensor::causal_attention(&q, &k, &v, r).unwrap() } else { Tensor::causal_attention_reference(&q, &k, &v, r).unwrap() };
             o.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
             vec![o.detach().contiguous().unwrap(), q.grad().unwrap(), k.grad().unwrap(), v.grad().unwrap()]
         };
@@ -240,6 +265,9 @@ proptest! {
 fn causal_attention_names_bad_shapes() {
     let q = Tensor::zeros(&[1, 3, 4, 2], DType::F32, Default::default());
     let k = Tensor::zeros(&[1, 2, 4, 2], DType::F32, Default::default());
-    let e = Tensor::causal_attention(&q, &k, &k).unwrap_err().to_string();
+    let e = Tensor::causal_attention(&q, &k, &k, None).unwrap_err().to_string();
     assert!(e.contains("[1, 3, 4, 2]") && e.contains("[1, 2, 4, 2]") && e.contains("divide"), "{e}");
+    let (cos, sin) = rope_tables(1, 3, 2);
+    let e = Tensor::causal_attention(&q, &q, &q, Some((&cos, &sin))).unwrap_err().to_string();
+    assert!(e.contains("rotary") && e.contains("[1, 1, 3, 2]"), "{e}");
 }

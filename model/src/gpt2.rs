@@ -158,7 +158,7 @@ impl Gpt2 {
         }
         let a = if past == 0 && layout.key_valid.is_none() && crate::kernels::use_fused(&q) {
             // Plain causal attention (training, first chunk of decoding): the fused op.
-            Tensor::causal_attention(&q, &k, &v)?
+            Tensor::causal_attention(&q, &k, &v, None)?
         } else {
             let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / ((d / heads) as f64).sqrt())?;
             // Query a (absolute position past + a) may not see key j > past + a, nor padding.

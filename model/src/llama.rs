@@ -147,10 +147,7 @@ impl Llama {
 
     /// `x [b, h, l, hd]` rotated: `x·cos + rotate_half(x)·sin`, `rotate_half = cat(−x₂, x₁)`.
     fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-        let hd = x.shape()[3];
-        let (x1, x2) = (x.narrow(-1, 0, hd / 2)?, x.narrow(-1, hd / 2, hd / 2)?);
-        let rot = Tensor::concat(&[&x2.neg()?, &x1], -1)?;
-        x.mul(cos)?.add(&rot.mul(sin)?)
+        flamingo_engine::ops::causal_attention::rope_reference(x, cos, sin)
     }
 
     /// Token embeddings `[b, l, d]` (positions enter through the rotary embedding, in blocks).
@@ -195,9 +192,17 @@ impl Llama {
             Some(pos) => self.rope_tables(pos, h.shape()[0], l, h.dtype(), h.device())?,
             None => self.rope_tables(&(past as i64..(past + l) as i64).collect::<Vec<_>>(), 1, l, h.dtype(), h.device())?,
         };
-        let q = Llama::rope(&split_heads(&x.linear(g("self_attn.q_proj.weight")?, None)?, heads)?, &cos, &sin)?;
-        let mut k = Llama::rope(&split_heads(&x.linear(g("self_attn.k_proj.weight")?, None)?, kvh)?, &cos, &sin)?;
+        let q = split_heads(&x.linear(g("self_attn.q_proj.weight")?, None)?, heads)?;
+        let k = split_heads(&x.linear(g("self_attn.k_proj.weight")?, None)?, kvh)?;
         let mut v = split_heads(&x.linear(g("self_attn.v_proj.weight")?, None)?, kvh)?;
+        if cache.is_none() && layout.key_valid.is_none() && crate::kernels::use_fused(&q) {
+            // Plain causal attention (training, scoring): one fused op that also applies the
+            // rotary embedding to q and k and shares key/value heads between query heads.
+            let a = Tensor::causal_attention(&q, &k, &v, Some((&cos, &sin)))?;
+            return self.finish_block(p, i, h, &a);
+        }
+        let q = Llama::rope(&q, &cos, &sin)?;
+        let mut k = Llama::rope(&k, &cos, &sin)?;
         if let Some(c) = cache {
             if let (Some(pk), Some(pv)) = (&c.k, &c.v) {
                 k = Tensor::concat(&[pk, &k], 2)?;
@@ -207,22 +212,24 @@ impl Llama {
             c.v = Some(v.clone());
         }
         let total = past + l;
-        let a = if past == 0 && layout.key_valid.is_none() && crate::kernels::use_fused(&q) {
-            // Plain causal attention (training, first chunk of decoding): the fused op, which
-            // also does the grouped-query head sharing itself.
-            Tensor::causal_attention(&q, &k, &v)?
-        } else {
-            // Grouped-query attention: each key/value head serves heads/kvh consecutive query heads.
-            let rep = |t: &Tensor| -> Result<Tensor> {
-                let b = t.shape()[0];
-                t.unsqueeze(2)?.broadcast_as(&[b, kvh, heads / kvh, total, hd])?.reshape(&[b, heads, total, hd])
-            };
-            let (k, v) = (rep(&k)?, rep(&v)?);
-            let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
-            let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
-            scores.add(&mask)?.softmax(-1)?.matmul(&v)?
+        // Grouped-query attention: each key/value head serves heads/kvh consecutive query heads.
+        let rep = |t: &Tensor| -> Result<Tensor> {
+            let b = t.shape()[0];
+            t.unsqueeze(2)?.broadcast_as(&[b, kvh, heads / kvh, total, hd])?.reshape(&[b, heads, total, hd])
         };
-        let h = h.add(&merge_heads(&a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
+        let (k, v) = (rep(&k)?, rep(&v)?);
+        let scores = q.matmul(&k.t()?)?.mul_scalar(1.0 / (hd as f64).sqrt())?;
+        let mask = attention_mask(l, past, layout.key_valid, scores.dtype(), scores.device())?;
+        let a = scores.add(&mask)?.softmax(-1)?.matmul(&v)?;
+        self.finish_block(p, i, h, &a)
+    }
+
+    /// The rest of decoder layer `i` after attention: output projection and residual, then the
+    /// SwiGLU MLP with its residual. `a` is the attention output `[b, heads, l, head_dim]`.
+    fn finish_block(&self, p: &ParamStore, i: usize, h: &Tensor, a: &Tensor) -> Result<Tensor> {
+        let g = |s: &str| self.w(p, &format!("model.layers.{i}.{s}"));
+        let eps = self.cfg.rms_norm_eps;
+        let h = h.add(&merge_heads(a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
         let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;
         let m = x.linear(g("mlp.gate_proj.weight")?, None)?.silu()?.mul(&x.linear(g("mlp.up_proj.weight")?, None)?)?;
         h.add(&m.linear(g("mlp.down_proj.weight")?, None)?)

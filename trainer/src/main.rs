@@ -188,6 +188,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    flamingo_engine::tune_allocator();
     let cli = Cli::parse();
     if let Some(d) = &cli.device {
         // One resolution for the whole process: Device::best() reads it back.

@@ -2,8 +2,13 @@
 //! with grouped-query attention: query head h reads key/value head h / (H / KVH).
 //!
 //! Operands are `[B, heads, L, D]` views given by element strides (`HeadStrides`; the last axis
-//! must be contiguous), so the usual `[B, L, heads·D]` projections are read in place. Outputs:
-//! `o` and `lse` as described on [`causal_attention_forward`]; `dq`, `dk`, `dv` contiguous.
+//! must be contiguous), so the usual `[B, L, heads·D]` projections are read in place, and the
+//! outputs (`o`, `dq`, `dk`, `dv`) are written through strides too, typically token-major so that
+//! merging or splitting heads around the op costs no copy.
+//!
+//! Optionally the rotary position embedding (LLaMA, HF's half-split layout) is applied to q and k
+//! as they are loaded ([`Rope`]), and its transpose to dq and dk as they are stored: the rotated
+//! q and k never exist in memory.
 //!
 //! Token i attends to keys 0..=i. Queries are processed in blocks of [`QBLOCK`]; block
 //! [i0, i1) computes scores against keys 0..i1 only, so the masked upper triangle beyond the
@@ -77,6 +82,58 @@ fn check_shape(s: &CausalShape) -> Result<(), String> {
     Ok(())
 }
 
+/// Rotary tables `cos`, `sin` `[rows, L, D]` (rows 1 = shared by the batch, or B): position i of
+/// batch row b uses row `b·row_stride / (L·D)`. With `x1, x2` the two halves of a head vector,
+/// `rope(x) = x∘cos + [−x2, x1]∘sin`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rope<'a> {
+    pub cos: &'a [f32],
+    pub sin: &'a [f32],
+    /// Elements between batch rows' tables (0 when shared, L·D when one table per row).
+    pub row_stride: usize,
+}
+
+impl Rope<'_> {
+    fn check(&self, s: &CausalShape) -> Result<(), String> {
+        if s.d % 2 != 0 {
+            return Err(format!("rotary embedding needs an even head dim, got {}", s.d));
+        }
+        let need = if s.b == 0 { 0 } else { (s.b - 1) * self.row_stride + s.l * s.d };
+        if self.cos.len() < need || self.sin.len() < need {
+            return Err(format!("rotary tables: {} / {} elements, need {need} for [B={}, L={}, D={}] with row stride {}", self.cos.len(), self.sin.len(), s.b, s.l, s.d, self.row_stride));
+        }
+        Ok(())
+    }
+
+    /// Rotates the contiguous `[l, d]` rows `x` of batch row `b` in place.
+    fn apply(&self, b: usize, l: usize, d: usize, x: &mut [f32]) {
+        let (c, sn) = (&self.cos[b * self.row_stride..][..l * d], &self.sin[b * self.row_stride..][..l * d]);
+        let half = d / 2;
+        for ((row, c), sn) in x[..l * d].chunks_exact_mut(d).zip(c.chunks_exact(d)).zip(sn.chunks_exact(d)) {
+            let (x1, x2) = row.split_at_mut(half);
+            for j in 0..half {
+                let (a, bb) = (x1[j], x2[j]);
+                x1[j] = a * c[j] - bb * sn[j];
+                x2[j] = bb * c[half + j] + a * sn[half + j];
+            }
+        }
+    }
+
+    /// The transpose (= inverse) rotation of [`Rope::apply`], for gradients: rows `i0..i0+rows`.
+    fn apply_transpose(&self, b: usize, i0: usize, rows: usize, d: usize, g: &mut [f32]) {
+        let (c, sn) = (&self.cos[b * self.row_stride + i0 * d..][..rows * d], &self.sin[b * self.row_stride + i0 * d..][..rows * d]);
+        let half = d / 2;
+        for ((row, c), sn) in g[..rows * d].chunks_exact_mut(d).zip(c.chunks_exact(d)).zip(sn.chunks_exact(d)) {
+            let (g1, g2) = row.split_at_mut(half);
+            for j in 0..half {
+                let (a, bb) = (g1[j], g2[j]);
+                g1[j] = a * c[j] + bb * sn[half + j];
+                g2[j] = bb * c[half + j] - a * sn[j];
+            }
+        }
+    }
+}
+
 /// Per-thread scratch (kept across calls).
 #[derive(Default)]
 struct Scratch {
@@ -90,12 +147,25 @@ struct Scratch {
     st: Vec<f32>,
     go: Vec<f32>,
     delta: Vec<f32>,
+    dq: Vec<f32>,
     dk: Vec<f32>,
     dv: Vec<f32>,
 }
 
 thread_local! {
     static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
+/// Copies contiguous `[l, d]` rows into one head of a strided view.
+///
+/// # Safety
+/// The destination rows must be in bounds and written by no one else.
+#[inline]
+unsafe fn scatter(src: &[f32], dst: *mut f32, st: &HeadStrides, b: usize, h: usize, i0: usize, l: usize, d: usize) {
+    let base = dst.add(st.at(b, h, i0));
+    for i in 0..l {
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(i * d), base.add(i * st.l), d);
+    }
 }
 
 /// Copies the `[L, D]` rows of one head of a strided view into contiguous `dst`.
@@ -119,12 +189,14 @@ fn for_items(items: usize, work: impl Fn(&mut Scratch, usize) + Sync + Send) {
     }
 }
 
-/// `o = softmax(q·kᵀ/√D + causal mask)·v` for `q` `[B, H, L, D]` and `k`, `v` `[B, KVH, L, D]`
-/// (strided views). `o` is written through `os` (any layout, e.g. token-major `[B, L, H, D]`);
-/// `lse` `[B, H, L]` receives each row's log-sum-exp of the scaled scores, for the backward.
+/// `o = softmax(q̃·k̃ᵀ/√D + causal mask)·v` for `q` `[B, H, L, D]` and `k`, `v` `[B, KVH, L, D]`
+/// (strided views), where q̃, k̃ are q, k rotated by `rope` (or q, k themselves without it). `o`
+/// is written through `os` (any layout, e.g. token-major `[B, L, H, D]`); `lse` `[B, H, L]`
+/// receives each row's log-sum-exp of the scaled scores, for the backward.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_forward(
     s: &CausalShape,
+    rope: Option<Rope>,
     q: &[f32],
     qs: HeadStrides,
     k: &[f32],
@@ -140,6 +212,9 @@ pub fn causal_attention_forward(
     check(s, "k", k.len(), &ks, s.kvh)?;
     check(s, "v", v.len(), &vs, s.kvh)?;
     check(s, "o", o.len(), &os, s.h)?;
+    if let Some(r) = &rope {
+        r.check(s)?;
+    }
     if lse.len() != s.b * s.h * s.l {
         return Err(format!("lse: {} elements, expected B·H·L = {}", lse.len(), s.b * s.h * s.l));
     }
@@ -160,10 +235,16 @@ pub fn causal_attention_forward(
         // SAFETY: views checked in bounds above; this item alone writes heads g·rep.. of row b.
         unsafe {
             gather(k, &ks, b, g, l, d, &mut sc.k);
+            if let Some(r) = &rope {
+                r.apply(b, l, d, &mut sc.k);
+            }
             transpose(&sc.k, l, d, &mut sc.kt);
             gather(v, &vs, b, g, l, d, &mut sc.v);
             for h in g * rep..(g + 1) * rep {
                 gather(q, &qs, b, h, l, d, &mut sc.q);
+                if let Some(r) = &rope {
+                    r.apply(b, l, d, &mut sc.q);
+                }
                 for i0 in (0..l).step_by(QBLOCK) {
                     let (i1, rows) = ((i0 + QBLOCK).min(l), (i0 + QBLOCK).min(l) - i0);
                     let sb = &mut sc.s[..rows * i1];
@@ -183,12 +264,14 @@ pub fn causal_attention_forward(
     Ok(())
 }
 
-/// Gradients of [`causal_attention_forward`]: given `o` (through `os`), `lse` and the output
-/// gradient `go` (through `gs`), writes `dq` `[B, H, L, D]` and `dk`, `dv` `[B, KVH, L, D]`,
-/// all contiguous and fully overwritten.
+/// Gradients of [`causal_attention_forward`] (with the same `rope`): given `o` (through `os`),
+/// `lse` and the output gradient `go` (through `gs`), writes `dq` `[B, H, L, D]` (through
+/// `dqs`) and `dk`, `dv` `[B, KVH, L, D]` (through `dkvs`), every element overwritten. The
+/// gradients are with respect to the unrotated q and k.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_attention_backward(
     s: &CausalShape,
+    rope: Option<Rope>,
     q: &[f32],
     qs: HeadStrides,
     k: &[f32],
@@ -201,8 +284,10 @@ pub fn causal_attention_backward(
     go: &[f32],
     gs: HeadStrides,
     dq: &mut [f32],
+    dqs: HeadStrides,
     dk: &mut [f32],
     dv: &mut [f32],
+    dkvs: HeadStrides,
 ) -> Result<(), String> {
     check_shape(s)?;
     check(s, "q", q.len(), &qs, s.h)?;
@@ -210,17 +295,15 @@ pub fn causal_attention_backward(
     check(s, "v", v.len(), &vs, s.kvh)?;
     check(s, "o", o.len(), &os, s.h)?;
     check(s, "grad of o", go.len(), &gs, s.h)?;
+    check(s, "dq", dq.len(), &dqs, s.h)?;
+    check(s, "dk", dk.len(), &dkvs, s.kvh)?;
+    check(s, "dv", dv.len(), &dkvs, s.kvh)?;
+    if let Some(r) = &rope {
+        r.check(s)?;
+    }
     let (l, d) = (s.l, s.d);
-    let (nq, nkv) = (s.b * s.h * l * d, s.b * s.kvh * l * d);
-    if lse.len() != s.b * s.h * l || dq.len() != nq || dk.len() != nkv || dv.len() != nkv {
-        return Err(format!(
-            "lse / dq / dk / dv have {} / {} / {} / {} elements, expected {} / {nq} / {nkv} / {nkv}",
-            lse.len(),
-            dq.len(),
-            dk.len(),
-            dv.len(),
-            s.b * s.h * l
-        ));
+    if lse.len() != s.b * s.h * l {
+        return Err(format!("lse: {} elements, expected B·H·L = {}", lse.len(), s.b * s.h * l));
     }
     if l == 0 || d == 0 || s.b == 0 || s.h == 0 {
         return Ok(());
@@ -233,6 +316,7 @@ pub fn causal_attention_backward(
         for buf in [&mut sc.q, &mut sc.k, &mut sc.kt, &mut sc.v, &mut sc.vt, &mut sc.go, &mut sc.dk, &mut sc.dv] {
             grow(buf, l * d);
         }
+        grow(&mut sc.dq, QBLOCK * d);
         grow(&mut sc.s, QBLOCK * l);
         grow(&mut sc.dp, QBLOCK * l);
         grow(&mut sc.st, QBLOCK * l);
@@ -243,11 +327,17 @@ pub fn causal_attention_backward(
         // and dk/dv of key/value head g in row b.
         unsafe {
             gather(k, &ks, b, g, l, d, &mut sc.k);
+            if let Some(r) = &rope {
+                r.apply(b, l, d, &mut sc.k);
+            }
             transpose(&sc.k, l, d, &mut sc.kt);
             gather(v, &vs, b, g, l, d, &mut sc.v);
             transpose(&sc.v, l, d, &mut sc.vt);
             for h in g * rep..(g + 1) * rep {
                 gather(q, &qs, b, h, l, d, &mut sc.q);
+                if let Some(r) = &rope {
+                    r.apply(b, l, d, &mut sc.q);
+                }
                 gather(go, &gs, b, h, l, d, &mut sc.go);
                 // δ_i = dO_i · O_i (= Σ_j P_ij dP_ij)
                 let ob = o.as_ptr().add(os.at(b, h, 0));
@@ -267,8 +357,12 @@ pub fn causal_attention_backward(
                         srow[i + 1..].fill(0.0);
                         dprow[i + 1..].fill(0.0);
                     }
-                    // dQ[i0..i1] = dS · K[0..i1]
-                    small_mm(rows, d, i1, dpb.as_ptr(), i1, 1, sc.k.as_ptr(), d, dqp.get().add(((b * s.h + h) * l + i0) * d), d, false);
+                    // dQ[i0..i1] = dS · K[0..i1] (then back through the rotation)
+                    small_mm(rows, d, i1, dpb.as_ptr(), i1, 1, sc.k.as_ptr(), d, sc.dq.as_mut_ptr(), d, false);
+                    if let Some(r) = &rope {
+                        r.apply_transpose(b, i0, rows, d, &mut sc.dq);
+                    }
+                    scatter(&sc.dq, dqp.get(), &dqs, b, h, i0, rows, d);
                     // dK[0..i1] += dSᵀ · Q[i0..i1];  dV[0..i1] += Pᵀ · dO[i0..i1]
                     let stb = &mut sc.st[..rows * i1];
                     transpose(dpb, rows, i1, stb);
@@ -277,9 +371,11 @@ pub fn causal_attention_backward(
                     small_mm(i1, d, rows, stb.as_ptr(), rows, 1, sc.go.as_ptr().add(i0 * d), d, sc.dv.as_mut_ptr(), d, true);
                 }
             }
-            let at = (b * s.kvh + g) * l * d;
-            std::ptr::copy_nonoverlapping(sc.dk.as_ptr(), dkp.get().add(at), l * d);
-            std::ptr::copy_nonoverlapping(sc.dv.as_ptr(), dvp.get().add(at), l * d);
+            if let Some(r) = &rope {
+                r.apply_transpose(b, 0, l, d, &mut sc.dk);
+            }
+            scatter(&sc.dk, dkp.get(), &dkvs, b, g, 0, l, d);
+            scatter(&sc.dv, dvp.get(), &dkvs, b, g, 0, l, d);
         }
     });
     Ok(())
@@ -351,10 +447,10 @@ mod tests {
             let (qs, ks, os) = (HeadStrides::contiguous(s.h, s.l, s.d), HeadStrides::contiguous(s.kvh, s.l, s.d), HeadStrides::contiguous(s.h, s.l, s.d));
             let mut o = vec![f32::NAN; nq];
             let mut lse = vec![0.0; s.b * s.h * s.l];
-            causal_attention_forward(&s, &q, qs, &k, ks, &v, ks, &mut o, os, &mut lse).unwrap();
+            causal_attention_forward(&s, None, &q, qs, &k, ks, &v, ks, &mut o, os, &mut lse).unwrap();
             close("o", &o, &want_o);
             let (mut dq, mut dk, mut dv) = (vec![f32::NAN; nq], vec![f32::NAN; nkv], vec![f32::NAN; nkv]);
-            causal_attention_backward(&s, &q, qs, &k, ks, &v, ks, &o, os, &lse, &go, qs, &mut dq, &mut dk, &mut dv).unwrap();
+            causal_attention_backward(&s, None, &q, qs, &k, ks, &v, ks, &o, os, &lse, &go, qs, &mut dq, qs, &mut dk, &mut dv, ks).unwrap();
             close("dq", &dq, &want_dq);
             close("dk", &dk, &want_dk);
             close("dv", &dv, &want_dv);
@@ -384,22 +480,73 @@ mod tests {
         let (tq, tk) = (HeadStrides::token_major(s.h, s.l, s.d), HeadStrides::token_major(s.kvh, s.l, s.d));
         let (mut o1, mut o2) = (vec![0.0; nq], vec![0.0; nq]);
         let (mut l1, mut l2) = (vec![0.0; s.b * s.h * s.l], vec![0.0; s.b * s.h * s.l]);
-        causal_attention_forward(&s, &q, hq, &k, hk, &v, hk, &mut o1, hq, &mut l1).unwrap();
+        causal_attention_forward(&s, None, &q, hq, &k, hk, &v, hk, &mut o1, hq, &mut l1).unwrap();
         let (qt, kt, vt) = (to_token_major(&q, s.h), to_token_major(&k, s.kvh), to_token_major(&v, s.kvh));
-        causal_attention_forward(&s, &qt, tq, &kt, tk, &vt, tk, &mut o2, tq, &mut l2).unwrap();
+        causal_attention_forward(&s, None, &qt, tq, &kt, tk, &vt, tk, &mut o2, tq, &mut l2).unwrap();
         assert_eq!(to_token_major(&o1, s.h), o2);
         assert_eq!(l1, l2);
+    }
+
+    /// HF's rotation in f64 (`transpose` = the inverse, for gradients), independent of [`Rope`].
+    fn rotate(x: &[f32], heads: usize, s: &CausalShape, cos: &[f32], sin: &[f32], transpose: bool) -> Vec<f32> {
+        let (l, d, half) = (s.l, s.d, s.d / 2);
+        let mut y = x.to_vec();
+        for bh in 0..s.b * heads {
+            for i in 0..l {
+                let base = (bh * l + i) * d;
+                for j in 0..d {
+                    let (c, sn) = (cos[i * d + j] as f64, sin[i * d + j] as f64);
+                    let partner = if j < half { x[base + j + half] as f64 } else { x[base + j - half] as f64 };
+                    // forward: y_j = x_j c_j + (j < half ? −x_{j+h} : x_{j−h}) s_j;
+                    // transpose: g_j c_j + (j < half ? g_{j+h} s_{j+h} : −g_{j−h} s_{j−h}).
+                    let sign = if (j < half) != transpose { -1.0 } else { 1.0 };
+                    let sp = if transpose { sin[i * d + if j < half { j + half } else { j - half }] as f64 } else { sn };
+                    y[base + j] = (x[base + j] as f64 * c + sign * partner * sp) as f32;
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn rotary_embedding_is_applied_on_load_and_transposed_on_store() {
+        let s = CausalShape { b: 2, h: 4, kvh: 2, l: 90, d: 8 };
+        let (nq, nkv) = (s.b * s.h * s.l * s.d, s.b * s.kvh * s.l * s.d);
+        let (q, k, v, go) = (vals(nq, 8), vals(nkv, 9), vals(nkv, 10), vals(nq, 11));
+        let (mut cos, mut sin) = (vec![0.0; s.l * s.d], vec![0.0; s.l * s.d]);
+        for i in 0..s.l {
+            for j in 0..s.d {
+                let a = i as f32 / 10000f32.powf((2 * (j % (s.d / 2))) as f32 / s.d as f32);
+                (cos[i * s.d + j], sin[i * s.d + j]) = (a.cos(), a.sin());
+            }
+        }
+        let rope = Rope { cos: &cos, sin: &sin, row_stride: 0 };
+        let (qs, ks) = (HeadStrides::contiguous(s.h, s.l, s.d), HeadStrides::contiguous(s.kvh, s.l, s.d));
+        let run = |rope: Option<Rope>, q: &[f32], k: &[f32]| {
+            let (mut o, mut lse) = (vec![0.0; nq], vec![0.0; s.b * s.h * s.l]);
+            causal_attention_forward(&s, rope, q, qs, k, ks, &v, ks, &mut o, qs, &mut lse).unwrap();
+            let (mut dq, mut dk, mut dv) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+            causal_attention_backward(&s, rope, q, qs, k, ks, &v, ks, &o, qs, &lse, &go, qs, &mut dq, qs, &mut dk, &mut dv, ks).unwrap();
+            (o, dq, dk, dv)
+        };
+        let fused = run(Some(rope), &q, &k);
+        let plain = run(None, &rotate(&q, s.h, &s, &cos, &sin, false), &rotate(&k, s.kvh, &s, &cos, &sin, false));
+        let f64s = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        close("o", &fused.0, &f64s(&plain.0));
+        close("dq", &fused.1, &f64s(&rotate(&plain.1, s.h, &s, &cos, &sin, true)));
+        close("dk", &fused.2, &f64s(&rotate(&plain.2, s.kvh, &s, &cos, &sin, true)));
+        close("dv", &fused.3, &f64s(&plain.3));
     }
 
     #[test]
     fn errors_name_the_sizes() {
         let s = CausalShape { b: 1, h: 3, kvh: 2, l: 4, d: 2 };
         let st = HeadStrides::contiguous(3, 4, 2);
-        let e = causal_attention_forward(&s, &[0.0; 24], st, &[0.0; 16], st, &[0.0; 16], st, &mut [0.0; 24], st, &mut [0.0; 12]).unwrap_err();
+        let e = causal_attention_forward(&s, None, &[0.0; 24], st, &[0.0; 16], st, &[0.0; 16], st, &mut [0.0; 24], st, &mut [0.0; 12]).unwrap_err();
         assert!(e.contains("3 query heads are not a multiple of 2"), "{e}");
         let s = CausalShape { b: 1, h: 2, kvh: 2, l: 4, d: 2 };
         let st = HeadStrides::contiguous(2, 4, 2);
-        let e = causal_attention_forward(&s, &[0.0; 15], st, &[0.0; 16], st, &[0.0; 16], st, &mut [0.0; 16], st, &mut [0.0; 8]).unwrap_err();
+        let e = causal_attention_forward(&s, None, &[0.0; 15], st, &[0.0; 16], st, &[0.0; 16], st, &mut [0.0; 16], st, &mut [0.0; 8]).unwrap_err();
         assert!(e.contains("q:") && e.contains("needs 16 elements"), "{e}");
     }
 }
