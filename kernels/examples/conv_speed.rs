@@ -38,4 +38,7 @@ fn main() {
         });
         println!("{name}: forward {f:.3} ms, backward-data {bi:.3} ms, backward-weight {bw:.3} ms, total {:.3} ms", f + bi + bw);
     }
+    if flamingo_kernels::cpu::gemm::stats::enabled() {
+        eprint!("{}", flamingo_kernels::cpu::gemm::stats::report());
+    }
 }

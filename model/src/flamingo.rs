@@ -309,7 +309,15 @@ impl Flamingo {
             return Err(Error::Msg(format!("loss: logits {:?} and targets {:?} must be [b, l, v] and [b, l − 1]", logits.shape(), targets.shape())));
         }
         let (b, l, v) = (logits.shape()[0], logits.shape()[1], logits.shape()[2]);
-        let pred = logits.narrow(1, 0, l - 1)?.reshape(&[b * (l - 1), v])?;
-        pred.cross_entropy(&targets.reshape(&[b * (l - 1)])?, Some(-100), 0.0)
+        // The last position predicts nothing: instead of cutting it off the logits (a copy of
+        // [b, l−1, v] forward and a zero-padded one backward), give it the ignored target.
+        let t = targets.to_vec::<i64>()?;
+        let mut full = Vec::with_capacity(b * l);
+        for row in t.chunks(l - 1) {
+            full.extend_from_slice(row);
+            full.push(-100);
+        }
+        let full = Tensor::from_vec(full, &[b * l])?;
+        logits.reshape(&[b * l, v])?.cross_entropy(&full, Some(-100), 0.0)
     }
 }

@@ -122,6 +122,21 @@ impl FeedForward {
     }
 }
 
+/// Keys and values `[b, heads, n, d]` each from `x [b, n, in]` through a `to_kv` projection
+/// `[2·inner, in]` (keys are its first `inner` rows). Two products with the row halves of the
+/// weight give the same result as one product split in two, but k and v come out contiguous (so
+/// splitting heads copies nothing) and the backward pads the small weight gradients instead of
+/// the activations'.
+pub fn keys_values(p: &ParamStore, to_kv: &Linear, x: &Tensor, inner: usize, heads: usize) -> Result<(Tensor, Tensor)> {
+    let w = p.require(&to_kv.weight)?;
+    if to_kv.bias.is_some() || w.shape()[0] != 2 * inner {
+        return Err(flamingo_engine::Error::Msg(format!("keys_values: `{}` must be [2·{inner}, in] without bias, got {:?}", to_kv.weight, w.shape())));
+    }
+    let k = x.linear(&w.narrow(0, 0, inner)?, None)?;
+    let v = x.linear(&w.narrow(0, inner, inner)?, None)?;
+    Ok((split_heads(&k, heads)?, split_heads(&v, heads)?))
+}
+
 /// `[b, n, heads·d] → [b, heads, n, d]`.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let s = x.shape();

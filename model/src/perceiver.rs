@@ -41,9 +41,7 @@ impl PerceiverAttention {
         let xm = self.norm_media.forward(p, x)?;
         let l = self.norm_latents.forward(p, lat)?;
         let q = split_heads(&self.to_q.forward(p, &l)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
-        let kv = self.to_kv.forward(p, &Tensor::concat(&[&xm, &l], 1)?)?;
-        let k = split_heads(&kv.narrow(-1, 0, inner)?, self.heads)?;
-        let v = split_heads(&kv.narrow(-1, inner, inner)?, self.heads)?;
+        let (k, v) = crate::nn::keys_values(p, &self.to_kv, &Tensor::concat(&[&xm, &l], 1)?, inner, self.heads)?;
         let attn = q.matmul(&k.t()?)?.softmax(-1)?;
         self.to_out.forward(p, &merge_heads(&attn.matmul(&v)?)?)
     }

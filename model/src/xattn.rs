@@ -3,7 +3,7 @@
 //! Two formulations, switched by [`crate::kernels`]: the engine's fused masked cross-attention
 //! (runs of equal `t(ℓ)`, cost independent of the number of media; the default on the CPU) and the
 //! reference, a dense masked attention over all `M·R` visual tokens built from primitive ops.
-use crate::nn::{split_heads, FeedForward, Init, LayerNorm, Linear};
+use crate::nn::{FeedForward, Init, LayerNorm, Linear};
 use flamingo_engine::{DType, Error, ParamStore, Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -134,8 +134,8 @@ impl MaskedCrossAttention {
         }
         let (b, m, r) = (media.shape()[0], media.shape()[1], media.shape()[2]);
         let inner = self.heads * self.dim_head;
-        let kv = self.to_kv.forward(p, &media.reshape(&[b, m * r, media.shape()[3]])?)?;
-        Ok(MediaKv { k: split_heads(&kv.narrow(-1, 0, inner)?, self.heads)?, v: split_heads(&kv.narrow(-1, inner, inner)?, self.heads)?, media: m, tokens: r })
+        let (k, v) = crate::nn::keys_values(p, &self.to_kv, &media.reshape(&[b, m * r, media.shape()[3]])?, inner, self.heads)?;
+        Ok(MediaKv { k, v, media: m, tokens: r })
     }
 
     /// Cross-attention with precomputed visual keys/values.

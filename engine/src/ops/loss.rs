@@ -54,7 +54,8 @@ impl Tensor {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
                     let gscale = g.to_scalar::<f64>()? / count as f64;
                     let scale = vec![gscale as T; tg.len()];
-                    let mut dx = vec![0 as T; inp[0].numel()];
+                    // Every element is written (ignored rows with zeros): a recycled buffer is safe.
+                    let mut dx = crate::pool::take::<T>(inp[0].numel());
                     inp[0].with_contiguous::<T, _>(NAME, |x| k::cross_entropy_rows_backward(x, v, &tg, &lse, label_smoothing, &scale, &mut dx))?;
                     Ok(vec![Some(Tensor::from_vec(dx, inp[0].shape())?)])
                 })
