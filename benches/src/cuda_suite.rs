@@ -113,22 +113,27 @@ fn cases(dev: Device) -> flamingo_engine::Result<Vec<GpuCase>> {
 /// tensor cores and in bf16 on the CUDA cores, and the reference composition in f32), at the fused suite's shape (B=8, T=256, M=4,
 /// R=64, H=8, D=64) and a larger one that fills the card (B=16, T=1024, M=8). Media layout as in
 /// benches/torch/masked_xattn_cuda.py: 8 tokens without an image, then M equal runs. FLOPs: the
-/// work over one medium's R keys (QKᵀ and PV, ×3 for forward + backward).
+/// work over one medium's R keys (QKᵀ and PV, ×3 for forward + backward). The media index lives
+/// on the GPU (each call reads it back to plan the work), except in the `_hostidx` cases, where it
+/// stays on the host as the model keeps it.
 fn xattn_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()> {
     use flamingo_engine::ops::fused::XAttnMode;
     let (r, h, d) = (64usize, 8usize, 64usize);
     for (tag, b, t, m) in [("", 8usize, 256usize, 4usize), ("_large", 16, 1024, 8)] {
         let row: Vec<f32> = (0..t).map(|i| if i < 8 { 0.0 } else { (i / (t / m) + 1) as f32 }).collect();
-        let media = Tensor::from_vec(row.repeat(b), &[b, t])?.to_device(dev)?;
+        let host_media = Tensor::from_vec(row.repeat(b), &[b, t])?;
+        let media = host_media.to_device(dev)?;
         let flops = 3.0 * (b * (t - 8) * h) as f64 * 4.0 * (r * d) as f64;
-        // (dtype, fused, keep bf16 off the tensor cores)
-        for (dtype, fused, no_tc) in [(DType::F32, true, false), (DType::BF16, true, false), (DType::BF16, true, true), (DType::F32, false, false)] {
+        // (dtype, fused, keep bf16 off the tensor cores, media index on the host as in the model)
+        for (dtype, fused, no_tc, on_host) in [(DType::F32, true, false, false), (DType::BF16, true, false, false), (DType::BF16, true, true, false), (DType::F32, false, false, false), (DType::BF16, true, false, true)] {
             let q = rand(&[b, t, h, d], dtype, dev, 11)?.requires_grad_(true);
             let k = rand(&[b, m, r, h, d], dtype, dev, 12)?.requires_grad_(true);
             let vv = rand(&[b, m, r, h, d], dtype, dev, 13)?.requires_grad_(true);
             let d_o = rand(&[b, t, h, d], dtype, dev, 14)?;
-            let media = media.clone();
+            let media = if on_host { host_media.clone() } else { media.clone() };
             let name: &'static str = match (tag, dtype, fused, no_tc) {
+                ("", _, _, _) if on_host => "masked_xattn_bf16_fused_hostidx",
+                (_, _, _, _) if on_host => "masked_xattn_bf16_fused_large_hostidx",
                 ("", DType::F32, true, _) => "masked_xattn_f32_fused",
                 ("", DType::BF16, true, false) => "masked_xattn_bf16_fused",
                 ("", DType::BF16, true, true) => "masked_xattn_bf16_cudacores",

@@ -907,6 +907,46 @@ pub(crate) fn xattn_tiled_variant(d: usize, dtype: DType) -> Option<(&'static st
     }
 }
 
+/// What a plan depends on: the GPU, the kernel instance, B, T, M, the mode and the media index.
+#[derive(PartialEq)]
+struct PlanKey {
+    gpu: usize,
+    variant: &'static str,
+    dims: [i64; 3],
+    mode: i32,
+    media: Vec<i64>,
+}
+
+/// Recently built plans, newest last. A Flamingo forward asks for the same plan once per
+/// cross-attention layer and the backward reuses it, so one build (host work list and three
+/// uploads) serves the whole step instead of one per layer.
+static PLANS: std::sync::Mutex<Vec<(PlanKey, Arc<XAttnPlan>)>> = std::sync::Mutex::new(Vec::new());
+const PLANS_KEPT: usize = 4;
+
+/// The tile plan for validated `media` [B·T] (values 0..=M): from the cache when the same media
+/// index was planned recently for this GPU and kernel, else built and uploaded.
+pub(crate) fn xattn_plan_cached(gpu: &Arc<Gpu>, s: &XAttnDims, dtype: DType, media: &[i64]) -> Result<Option<Arc<XAttnPlan>>> {
+    let Some((variant, _)) = xattn_tiled_variant(s.d as usize, dtype) else { return Ok(None) };
+    let key = PlanKey { gpu: gpu.info.ordinal, variant, dims: [s.b, s.t, s.m], mode: s.mode, media: media.to_vec() };
+    {
+        let mut cache = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = cache.iter().position(|(k, _)| *k == key) {
+            let hit = cache.remove(i);
+            let plan = hit.1.clone();
+            cache.push(hit);
+            return Ok(Some(plan));
+        }
+    }
+    let Some(plan) = xattn_plan(gpu, s, dtype, media)? else { return Ok(None) };
+    let plan = Arc::new(plan);
+    let mut cache = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+    cache.push((key, plan.clone()));
+    if cache.len() > PLANS_KEPT {
+        cache.remove(0);
+    }
+    Ok(Some(plan))
+}
+
 /// Builds and uploads the tile plan for validated `media` [B·T] (values 0..=M).
 pub(crate) fn xattn_plan(gpu: &Arc<Gpu>, s: &XAttnDims, dtype: DType, media: &[i64]) -> Result<Option<XAttnPlan>> {
     let Some((variant, tq)) = xattn_tiled_variant(s.d as usize, dtype) else { return Ok(None) };

@@ -212,8 +212,7 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
         mode: if mode == XAttnMode::OnlyImmediate { 0 } else { 1 },
         scale: 1.0 / (d as f32).sqrt(),
     };
-    if let Some(plan) = crate::cuda::ops::xattn_plan(&gpu, &s, q.dtype(), media)? {
-        let plan = std::sync::Arc::new(plan);
+    if let Some(plan) = crate::cuda::ops::xattn_plan_cached(&gpu, &s, q.dtype(), media)? {
         let (o, lse) = crate::cuda::ops::masked_xattn_tiled(s, &plan, q, k, v)?;
         return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(o), q.shape(), OP, &[q, k, v], |out| {
             let out = out.clone();
