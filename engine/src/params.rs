@@ -73,6 +73,17 @@ impl ParamStore {
     /// Moves every parameter to `device` (a no-op for those already there), keeping names and
     /// `requires_grad`. Handles fetched before are left on the old device: fetch them again, and
     /// build optimisers after the move.
+    ///
+    /// ```
+    /// use flamingo_engine::{DType, Device, ParamStore, Tensor};
+    /// let mut store = ParamStore::new();
+    /// store.insert("w", &Tensor::zeros(&[2, 3], DType::F32, Device::Cpu), true)?;
+    /// // `Device::best()` is a CUDA GPU when one is usable, else the CPU.
+    /// store.to_device(Device::best())?;
+    /// assert_eq!(store.device()?, Device::best());
+    /// assert!(store.require("w")?.requires_grad());
+    /// # Ok::<(), flamingo_engine::Error>(())
+    /// ```
     pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
         for (name, t) in self.params.iter_mut() {
             if t.device() != device {

@@ -71,6 +71,24 @@ impl Tensor {
     /// otherwise q and k themselves. Returns `[B, H, L, D]` (a view whose memory is
     /// `[B, L, H, D]`, so merging the heads afterwards is free). Differentiable in q, k and v
     /// (the tables are constants).
+    ///
+    /// ```
+    /// use flamingo_engine::{DType, Rng, Tensor};
+    /// let mut rng = Rng::new(0);
+    /// // 4 query heads sharing 2 key/value heads, 5 tokens, head dim 8.
+    /// let q = Tensor::randn(&[1, 4, 5, 8], DType::F32, &mut rng).requires_grad_(true);
+    /// let k = Tensor::randn(&[1, 2, 5, 8], DType::F32, &mut rng);
+    /// let v = Tensor::randn(&[1, 2, 5, 8], DType::F32, &mut rng);
+    /// let o = Tensor::causal_attention(&q, &k, &v, None)?;
+    /// assert_eq!(o.shape(), &[1, 4, 5, 8]);
+    /// // The fused kernel (CPU, f32) agrees with the composition of primitive ops.
+    /// let reference = Tensor::causal_attention_reference(&q, &k, &v, None)?;
+    /// let (a, b) = (o.contiguous()?.to_vec::<f32>()?, reference.to_vec::<f32>()?);
+    /// assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-5));
+    /// o.sum_all()?.backward()?;
+    /// assert_eq!(q.grad().unwrap().shape(), &[1, 4, 5, 8]);
+    /// # Ok::<(), flamingo_engine::Error>(())
+    /// ```
     pub fn causal_attention(q: &Tensor, k: &Tensor, v: &Tensor, rope: Option<(&Tensor, &Tensor)>) -> Result<Tensor> {
         const OP: &str = "causal_attention";
         let s = shape_of(OP, q, k, v)?;
