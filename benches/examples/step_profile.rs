@@ -7,7 +7,7 @@
 //! Presets: `tiny` (16 × 20 tokens, 5 images) and `small` (8 × 256 tokens, 4 images), as in
 //! `flamingo bench --suite fused --cases train_step_{tiny,small}`. The first step (model build,
 //! first allocations) is reported separately.
-use flamingo_benches::train_step::build_step;
+use flamingo_benches::train_step::{build_step, step_shape};
 use flamingo_engine::Device;
 use std::time::Instant;
 
@@ -16,13 +16,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let preset = args.first().map(String::as_str).unwrap_or("tiny");
     let steps: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
-    let (batch, images, chunk) = match preset {
-        "tiny" => (16, 5, 4),
-        "small" => (8, 4, 64),
-        other => {
-            eprintln!("step_profile: unknown preset `{other}` (tiny or small)");
-            std::process::exit(2);
-        }
+    let Some((batch, images, chunk)) = step_shape(preset) else {
+        eprintln!("step_profile: unknown preset `{preset}` (tiny or small)");
+        std::process::exit(2);
     };
     let t = Instant::now();
     let mut step = build_step(preset, batch, images, chunk, Device::Cpu).unwrap_or_else(|e| {

@@ -91,11 +91,32 @@ pub fn build_step(preset_name: &str, batch: usize, images: usize, chunk: usize, 
 
 /// Both training-step cases.
 pub fn cases() -> Result<Vec<Case>> {
-    Ok(vec![step_case("train_step_tiny", "tiny", 16, 5, 4, Device::Cpu)?, step_case("train_step_small", "small", 8, 4, 64, Device::Cpu)?])
+    cases_on(["train_step_tiny", "train_step_small"], Device::Cpu)
+}
+
+/// `(sequences, images per sequence, tokens per image chunk)` of a preset's step (see the module
+/// docs), or `None` for a preset without one.
+pub fn step_shape(preset: &str) -> Option<(usize, usize, usize)> {
+    match preset {
+        "tiny" => Some((16, 5, 4)),
+        "small" => Some((8, 4, 64)),
+        _ => None,
+    }
+}
+
+fn cases_on(names: [&'static str; 2], dev: Device) -> Result<Vec<Case>> {
+    names
+        .into_iter()
+        .zip(["tiny", "small"])
+        .map(|(name, preset)| {
+            let (b, images, chunk) = step_shape(preset).expect("known preset");
+            step_case(name, preset, b, images, chunk, dev)
+        })
+        .collect()
 }
 
 /// The same two steps on a CUDA device (f32, fused kernels), for `flamingo bench --suite cuda`:
 /// `train_step_tiny_cuda`, `train_step_small_cuda`. Each call ends with a device synchronise.
 pub fn cuda_cases(dev: Device) -> Result<Vec<Case>> {
-    Ok(vec![step_case("train_step_tiny_cuda", "tiny", 16, 5, 4, dev)?, step_case("train_step_small_cuda", "small", 8, 4, 64, dev)?])
+    cases_on(["train_step_tiny_cuda", "train_step_small_cuda"], dev)
 }

@@ -180,6 +180,46 @@ unsafe fn gather(src: &[f32], st: &HeadStrides, b: usize, h: usize, l: usize, d:
     }
 }
 
+/// The checks both passes share: shapes, the q/k/v/o views, the rotary tables and `lse`.
+fn check_common(s: &CausalShape, rope: &Option<Rope>, q: (&[f32], HeadStrides), k: (&[f32], HeadStrides), v: (&[f32], HeadStrides), o: (&[f32], HeadStrides), lse_len: usize) -> Result<(), String> {
+    check_shape(s)?;
+    check(s, "q", q.0.len(), &q.1, s.h)?;
+    check(s, "k", k.0.len(), &k.1, s.kvh)?;
+    check(s, "v", v.0.len(), &v.1, s.kvh)?;
+    check(s, "o", o.0.len(), &o.1, s.h)?;
+    if let Some(r) = rope {
+        r.check(s)?;
+    }
+    if lse_len != s.b * s.h * s.l {
+        return Err(format!("lse: {lse_len} elements, expected B·H·L = {}", s.b * s.h * s.l));
+    }
+    Ok(())
+}
+
+/// Head `h` of batch row `b` of a q or k view into contiguous `dst` `[l, d]`, rotated when
+/// `rope` is given.
+///
+/// # Safety
+/// As [`gather`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn load_rotated(src: &[f32], st: &HeadStrides, rope: &Option<Rope>, b: usize, h: usize, l: usize, d: usize, dst: &mut [f32]) {
+    gather(src, st, b, h, l, d, dst);
+    if let Some(r) = rope {
+        r.apply(b, l, d, dst);
+    }
+}
+
+/// Key/value head `g` of batch row `b` into scratch: `k` (rotated), its transpose `kt`, and `v`.
+///
+/// # Safety
+/// As [`gather`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn load_keys_values(sc: &mut Scratch, rope: &Option<Rope>, k: (&[f32], &HeadStrides), v: (&[f32], &HeadStrides), b: usize, g: usize, l: usize, d: usize) {
+    load_rotated(k.0, k.1, rope, b, g, l, d, &mut sc.k);
+    transpose(&sc.k, l, d, &mut sc.kt);
+    gather(v.0, v.1, b, g, l, d, &mut sc.v);
+}
+
 fn for_items(items: usize, work: impl Fn(&mut Scratch, usize) + Sync + Send) {
     let run = |item: usize| SCRATCH.with(|cell| work(&mut cell.borrow_mut(), item));
     if items > 1 && rayon::current_num_threads() > 1 {
@@ -207,17 +247,7 @@ pub fn causal_attention_forward(
     os: HeadStrides,
     lse: &mut [f32],
 ) -> Result<(), String> {
-    check_shape(s)?;
-    check(s, "q", q.len(), &qs, s.h)?;
-    check(s, "k", k.len(), &ks, s.kvh)?;
-    check(s, "v", v.len(), &vs, s.kvh)?;
-    check(s, "o", o.len(), &os, s.h)?;
-    if let Some(r) = &rope {
-        r.check(s)?;
-    }
-    if lse.len() != s.b * s.h * s.l {
-        return Err(format!("lse: {} elements, expected B·H·L = {}", lse.len(), s.b * s.h * s.l));
-    }
+    check_common(s, &rope, (q, qs), (k, ks), (v, vs), (o, os), lse.len())?;
     let (l, d) = (s.l, s.d);
     if l == 0 || d == 0 || s.b == 0 || s.h == 0 {
         return Ok(());
@@ -234,17 +264,9 @@ pub fn causal_attention_forward(
         grow(&mut sc.s, QBLOCK * l);
         // SAFETY: views checked in bounds above; this item alone writes heads g·rep.. of row b.
         unsafe {
-            gather(k, &ks, b, g, l, d, &mut sc.k);
-            if let Some(r) = &rope {
-                r.apply(b, l, d, &mut sc.k);
-            }
-            transpose(&sc.k, l, d, &mut sc.kt);
-            gather(v, &vs, b, g, l, d, &mut sc.v);
+            load_keys_values(sc, &rope, (k, &ks), (v, &vs), b, g, l, d);
             for h in g * rep..(g + 1) * rep {
-                gather(q, &qs, b, h, l, d, &mut sc.q);
-                if let Some(r) = &rope {
-                    r.apply(b, l, d, &mut sc.q);
-                }
+                load_rotated(q, &qs, &rope, b, h, l, d, &mut sc.q);
                 for i0 in (0..l).step_by(QBLOCK) {
                     let (i1, rows) = ((i0 + QBLOCK).min(l), (i0 + QBLOCK).min(l) - i0);
                     let sb = &mut sc.s[..rows * i1];
@@ -289,22 +311,12 @@ pub fn causal_attention_backward(
     dv: &mut [f32],
     dkvs: HeadStrides,
 ) -> Result<(), String> {
-    check_shape(s)?;
-    check(s, "q", q.len(), &qs, s.h)?;
-    check(s, "k", k.len(), &ks, s.kvh)?;
-    check(s, "v", v.len(), &vs, s.kvh)?;
-    check(s, "o", o.len(), &os, s.h)?;
+    check_common(s, &rope, (q, qs), (k, ks), (v, vs), (o, os), lse.len())?;
     check(s, "grad of o", go.len(), &gs, s.h)?;
     check(s, "dq", dq.len(), &dqs, s.h)?;
     check(s, "dk", dk.len(), &dkvs, s.kvh)?;
     check(s, "dv", dv.len(), &dkvs, s.kvh)?;
-    if let Some(r) = &rope {
-        r.check(s)?;
-    }
     let (l, d) = (s.l, s.d);
-    if lse.len() != s.b * s.h * l {
-        return Err(format!("lse: {} elements, expected B·H·L = {}", lse.len(), s.b * s.h * l));
-    }
     if l == 0 || d == 0 || s.b == 0 || s.h == 0 {
         return Ok(());
     }
@@ -326,18 +338,10 @@ pub fn causal_attention_backward(
         // SAFETY: views checked in bounds above; this item alone writes dq of its query heads
         // and dk/dv of key/value head g in row b.
         unsafe {
-            gather(k, &ks, b, g, l, d, &mut sc.k);
-            if let Some(r) = &rope {
-                r.apply(b, l, d, &mut sc.k);
-            }
-            transpose(&sc.k, l, d, &mut sc.kt);
-            gather(v, &vs, b, g, l, d, &mut sc.v);
+            load_keys_values(sc, &rope, (k, &ks), (v, &vs), b, g, l, d);
             transpose(&sc.v, l, d, &mut sc.vt);
             for h in g * rep..(g + 1) * rep {
-                gather(q, &qs, b, h, l, d, &mut sc.q);
-                if let Some(r) = &rope {
-                    r.apply(b, l, d, &mut sc.q);
-                }
+                load_rotated(q, &qs, &rope, b, h, l, d, &mut sc.q);
                 gather(go, &gs, b, h, l, d, &mut sc.go);
                 // δ_i = dO_i · O_i (= Σ_j P_ij dP_ij)
                 let ob = o.as_ptr().add(os.at(b, h, 0));
