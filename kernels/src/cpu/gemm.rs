@@ -1,4 +1,5 @@
-//! Matrix products through the `gemm` crate (AVX-512/AVX2 micro-kernels picked at run time).
+//! Matrix products: f32 through our own AVX2 GEMM (`sgemm.rs`) where the CPU suits it, everything
+//! else through the `gemm` crate (AVX-512/AVX2 micro-kernels picked at run time).
 //!
 //! Operands are given by element strides, so transposed views multiply without copies.
 use super::float::Float;
@@ -21,6 +22,28 @@ fn threads_for(flops: usize) -> Parallelism {
         Parallelism::None
     }
 }
+
+/// Whether f32 products go through our own AVX2 GEMM ([`super::sgemm`]) rather than the `gemm`
+/// crate. Default: ours on AVX2+FMA machines without AVX-512 (where the crate has wider kernels
+/// that we have not measured against); `FLAMINGO_GEMM=crate` or `FLAMINGO_GEMM=ours` forces one.
+#[cfg(target_arch = "x86_64")]
+pub fn use_ours() -> bool {
+    use std::sync::OnceLock;
+    static CHOICE: OnceLock<bool> = OnceLock::new();
+    *CHOICE.get_or_init(|| {
+        if !super::sgemm::available() {
+            return false;
+        }
+        match std::env::var("FLAMINGO_GEMM").as_deref() {
+            Ok("crate") => false,
+            Ok("ours") => true,
+            _ => !std::is_x86_feature_detected!("avx512f"),
+        }
+    })
+}
+
+/// Products with fewer multiply-adds than this use the `gemm` crate even when [`use_ours`].
+pub const OURS_MIN_MACS: usize = 1 << 22;
 
 /// `dst (m×n, row stride dst_rs, col stride 1) = [dst +] lhs (m×k) · rhs (k×n)`.
 ///
@@ -56,6 +79,19 @@ pub unsafe fn gemm_raw<T: Float>(
     }
     let par = if parallel { threads_for(2 * m * n * k) } else { Parallelism::None };
     let _timer = stats::Timer::start(m, n, k, l, r, dst_rs, parallel);
+    #[cfg(target_arch = "x86_64")]
+    // Small products stay with the crate: its small-matrix paths beat our packing overhead
+    // (measured: 64 × 80 × 64 at ~50 vs ~65 GFLOP/s, 32 × 256 × 288 at ~50 vs ~65).
+    if m * n * k >= OURS_MIN_MACS && use_ours() {
+        if let (Some(lf), Some(rf)) = (super::float::as_f32(lhs), super::float::as_f32(rhs)) {
+            // SAFETY: `use_ours` checked AVX2+FMA; T is f32, so `dst` points to f32s; the caller
+            // upholds the layout and aliasing contract, which is `sgemm`'s.
+            unsafe {
+                super::sgemm::sgemm(m, n, k, dst as *mut f32, dst_rs, accumulate, lf, l, rf, r, !matches!(par, Parallelism::None))
+            };
+            return;
+        }
+    }
     gemm::gemm(
         m,
         n,

@@ -13,6 +13,8 @@ pub mod optim;
 pub mod parallel;
 pub mod pool;
 pub mod reduce;
+#[cfg(target_arch = "x86_64")]
+pub mod sgemm;
 pub mod simd;
 pub mod softmax;
 pub mod standardize;

@@ -1,0 +1,468 @@
+//! Our own f32 GEMM for AVX2 + FMA machines, in the BLIS/GotoBLAS structure: packed panels of
+//! the operands and a 6 × 16 register-blocked micro-kernel.
+//!
+//! Why: on the development VM (AMD EPYC, AVX2) the `gemm` crate's f32 products ran at 70–100
+//! GFLOP/s on two threads, while the two vCPUs can do ~270 GFLOP/s of FMAs (measured with
+//! independent FMA chains; each vCPU has its own FMA units). The training steps spend ~80 % of
+//! their time in GEMMs.
+//!
+//! Layout of the computation, for `C (m×n) [+]= A (m×k) · B (k×n)`:
+//! - `jc` loop over column panels of `NC` columns, `pc` loop over depth slices of `KC`;
+//! - B's `KC × NC` panel is packed once into slivers of `NR` columns (k-major, zero-padded), in
+//!   parallel; it stays in L3 and each sliver in L1/L2 while used;
+//! - the rows are split into blocks of at most `MC` rows, one task each (rayon); a task packs its
+//!   `MC × KC` block of A into slivers of `MR` rows (k-major) that stay in L2, then runs the
+//!   micro-kernel over every (B sliver, A sliver) pair.
+//!
+//! Every output element is summed in the same order whatever the thread count (depth slices in
+//! order, each slice sequentially in the micro-kernel), so results do not depend on threads.
+//! Operands are given by strides, so transposed views multiply without copies.
+#![cfg(target_arch = "x86_64")]
+use super::gemm::MatRef;
+use rayon::prelude::*;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+/// Rows of the micro-kernel tile.
+const MR: usize = 6;
+/// Columns of the micro-kernel tile (two AVX registers).
+const NR: usize = 16;
+/// Depth of one packed slice (an A sliver is 6 KB, a B sliver 16 KB: both stay in L1/L2).
+const KC: usize = 256;
+/// Most rows in one A block (MC × KC × 4 bytes = 120 KB, in L2).
+const MC: usize = 120;
+/// Columns in one B panel (KC × NC × 4 bytes = 4 MB, in L3).
+const NC: usize = 4096;
+
+/// Whether this CPU runs this GEMM (AVX2 and FMA).
+pub fn available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+thread_local! {
+    /// Reusable packing buffers of this thread (taken while in use, so a nested call on the same
+    /// thread through rayon's work stealing simply allocates its own).
+    static A_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    static B_BUF: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+}
+
+fn take_buf(which: &'static std::thread::LocalKey<Cell<Vec<f32>>>, len: usize) -> Vec<f32> {
+    let mut v = which.with(|c| c.take());
+    if v.len() < len {
+        v = vec![0.0; len];
+    }
+    v
+}
+
+fn give_buf(which: &'static std::thread::LocalKey<Cell<Vec<f32>>>, v: Vec<f32>) {
+    which.with(|c| c.set(v));
+}
+
+/// A raw pointer that may cross threads (each task writes a disjoint set of output rows).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `dst (m×n, row stride dst_rs, column stride 1) [+]= lhs (m×k) · rhs (k×n)`, operands at the
+/// strides of `l` and `r` inside `lhs` and `rhs`. Uses both threads when `parallel`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]); `dst` must be writable for the m×n region,
+/// not alias the operands, and the operand layouts must stay inside their slices. `k ≥ 1`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: &[f32],
+    l: MatRef,
+    rhs: &[f32],
+    r: MatRef,
+    parallel: bool,
+) {
+    debug_assert!(k >= 1 && m >= 1 && n >= 1);
+    let threads = if parallel { rayon::current_num_threads() } else { 1 };
+    // Row blocks: at most MC rows, and enough blocks to keep every thread busy.
+    let want_blocks = if threads > 1 { 3 * threads } else { 1 };
+    let mc = (m.div_ceil(want_blocks).div_ceil(MR) * MR).clamp(MR, MC);
+    let row_blocks = m.div_ceil(mc);
+    let nc_max = n.min(n.div_ceil(n.div_ceil(NC)).div_ceil(NR) * NR);
+    let kc_max = k.min(KC);
+    let mut bbuf = take_buf(&B_BUF, nc_max.div_ceil(NR) * NR * kc_max);
+    let lhs_ptr = lhs.as_ptr().add(l.offset);
+    let rhs_ptr = rhs.as_ptr().add(r.offset);
+    let dst = SendPtr(dst);
+    // Equal column panels (8194 columns as 2 × 4097, not 4096 + 4096 + 2: every panel repacks A).
+    let panels = n.div_ceil(NC);
+    let nc_even = n.div_ceil(panels).div_ceil(NR) * NR;
+    for jc in (0..n).step_by(nc_even) {
+        let nc = (n - jc).min(nc_even);
+        let slivers = nc.div_ceil(NR);
+        for pc in (0..k).step_by(KC) {
+            let kc = (k - pc).min(KC);
+            let load_c = accumulate || pc > 0;
+            // Pack B[pc.., jc..] into slivers of NR columns.
+            {
+                let b_at = SendPtr(rhs_ptr.offset(pc as isize * r.rs + jc as isize * r.cs) as *mut f32);
+                let pack = |s: usize, out: &mut [f32]| {
+                    let b_at = b_at;
+                    let cols = (nc - s * NR).min(NR);
+                    pack_b(kc, cols, b_at.0.offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
+                };
+                let bslice = &mut bbuf[..slivers * NR * kc];
+                if threads > 1 && slivers >= 4 && kc * nc >= 1 << 15 {
+                    bslice.par_chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
+                } else {
+                    bslice.chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
+                }
+            }
+            let bpacked: &[f32] = &bbuf[..slivers * NR * kc];
+            let a_at = SendPtr(lhs_ptr.offset(pc as isize * l.cs) as *mut f32);
+            let block = |ib: usize| {
+                let (a_at, dst) = (a_at, dst);
+                let ic = ib * mc;
+                let rows = (m - ic).min(mc);
+                let asl = rows.div_ceil(MR);
+                let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * KC);
+                if l.rs == 1 && l.cs != 1 {
+                    pack_a_columns(kc, rows, a_at.0.offset(ic as isize), l.cs, &mut abuf[..asl * MR * kc]);
+                } else {
+                    for s in 0..asl {
+                        let r0 = ic + s * MR;
+                        pack_a(kc, (m - r0).min(MR), a_at.0.offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
+                    }
+                }
+                for js in 0..slivers {
+                    let bp = bpacked.as_ptr().add(js * NR * kc);
+                    let cols = (nc - js * NR).min(NR);
+                    for s in 0..asl {
+                        let r0 = ic + s * MR;
+                        let rws = (m - r0).min(MR);
+                        let c = dst.0.offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
+                        tile(kc, abuf.as_ptr().add(s * MR * kc), bp, c, dst_rs, rws, cols, load_c);
+                    }
+                }
+                give_buf(&A_BUF, abuf);
+            };
+            if threads > 1 && row_blocks > 1 {
+                (0..row_blocks).into_par_iter().for_each(block);
+            } else {
+                (0..row_blocks).for_each(block);
+            }
+        }
+    }
+    give_buf(&B_BUF, bbuf);
+}
+
+/// Packs `rows ≤ MR` rows × `kc` columns of A (element (i, p) at `a + i·rs + p·cs`) k-major into
+/// `out[p·MR + i]`, zero-filling missing rows.
+#[inline]
+unsafe fn pack_a(kc: usize, rows: usize, a: *const f32, rs: isize, cs: isize, out: &mut [f32]) {
+    let out = &mut out[..kc * MR];
+    if rows < MR {
+        out.fill(0.0);
+    }
+    if cs == 1 {
+        // Row-major A: one sequential stream per row.
+        for i in 0..rows {
+            let src = std::slice::from_raw_parts(a.offset(i as isize * rs), kc);
+            for (p, &v) in src.iter().enumerate() {
+                *out.get_unchecked_mut(p * MR + i) = v;
+            }
+        }
+    } else if rs == 1 {
+        // Column-major A (a transposed view): each depth step is `rows` contiguous values.
+        for p in 0..kc {
+            let src = a.offset(p as isize * cs);
+            for i in 0..rows {
+                *out.get_unchecked_mut(p * MR + i) = *src.add(i);
+            }
+        }
+    } else {
+        for p in 0..kc {
+            for i in 0..rows {
+                *out.get_unchecked_mut(p * MR + i) = *a.offset(i as isize * rs + p as isize * cs);
+            }
+        }
+    }
+}
+
+/// Packs a whole block of `rows` rows × `kc` columns of a column-major A (element (i, p) at
+/// `a + i + p·cs`, a transposed view) into its slivers: each depth step reads `rows` contiguous
+/// values once (packing sliver by sliver would touch every cache line of the block ~3 times).
+#[inline]
+unsafe fn pack_a_columns(kc: usize, rows: usize, a: *const f32, cs: isize, out: &mut [f32]) {
+    let slivers = rows.div_ceil(MR);
+    if rows % MR != 0 {
+        out[(slivers - 1) * MR * kc..slivers * MR * kc].fill(0.0);
+    }
+    let o = out.as_mut_ptr();
+    for p in 0..kc {
+        let src = std::slice::from_raw_parts(a.offset(p as isize * cs), rows);
+        for (s, chunk) in src.chunks(MR).enumerate() {
+            let dst = o.add(s * MR * kc + p * MR);
+            for (i, &v) in chunk.iter().enumerate() {
+                *dst.add(i) = v;
+            }
+        }
+    }
+}
+
+/// Packs `kc` rows × `cols ≤ NR` columns of B (element (p, j) at `b + p·rs + j·cs`) k-major into
+/// `out[p·NR + j]`, zero-filling missing columns.
+#[inline]
+unsafe fn pack_b(kc: usize, cols: usize, b: *const f32, rs: isize, cs: isize, out: &mut [f32]) {
+    let out = &mut out[..kc * NR];
+    if cols < NR {
+        out.fill(0.0);
+    }
+    if cs == 1 {
+        for p in 0..kc {
+            let src = std::slice::from_raw_parts(b.offset(p as isize * rs), cols);
+            out[p * NR..p * NR + cols].copy_from_slice(src);
+        }
+    } else if rs == 1 {
+        // B is a transposed view (B = Wᵀ with W row-major): one sequential stream per column.
+        if cols == NR {
+            transpose_pack_b(kc, b, cs, out);
+        } else {
+            for j in 0..cols {
+                let src = std::slice::from_raw_parts(b.offset(j as isize * cs), kc);
+                for (p, &v) in src.iter().enumerate() {
+                    *out.get_unchecked_mut(p * NR + j) = v;
+                }
+            }
+        }
+    } else {
+        for p in 0..kc {
+            for j in 0..cols {
+                *out.get_unchecked_mut(p * NR + j) = *b.offset(p as isize * rs + j as isize * cs);
+            }
+        }
+    }
+}
+
+/// Full-width pack of a transposed B: 8 × 8 register transposes of the 16 column streams.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose_pack_b(kc: usize, b: *const f32, cs: isize, out: &mut [f32]) {
+    let o = out.as_mut_ptr();
+    let mut p = 0;
+    while p + 8 <= kc {
+        for half in 0..2 {
+            let col = |j: usize| _mm256_loadu_ps(b.offset((half * 8 + j) as isize * cs + p as isize));
+            let t = transpose8([col(0), col(1), col(2), col(3), col(4), col(5), col(6), col(7)]);
+            for (q, v) in t.iter().enumerate() {
+                _mm256_storeu_ps(o.add((p + q) * NR + half * 8), *v);
+            }
+        }
+        p += 8;
+    }
+    for pp in p..kc {
+        for j in 0..NR {
+            *o.add(pp * NR + j) = *b.offset(j as isize * cs + pp as isize);
+        }
+    }
+}
+
+/// Transposes 8 rows of 8 floats.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
+}
+
+/// One MR × NR tile: `C[..rows, ..cols] (=|+=) Apack · Bpack` over depth `kc`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, rows: usize, cols: usize, load_c: bool) {
+    if rows == MR && cols == NR {
+        kernel_6x16(kc, a, b, c, rsc, load_c);
+    } else {
+        // Edge tile: compute into a scratch tile, then copy the valid part.
+        let mut t = [0.0f32; MR * NR];
+        kernel_6x16(kc, a, b, t.as_mut_ptr(), NR as isize, false);
+        for i in 0..rows {
+            let row = c.offset(i as isize * rsc);
+            for j in 0..cols {
+                let v = t[i * NR + j];
+                *row.add(j) = if load_c { *row.add(j) + v } else { v };
+            }
+        }
+    }
+}
+
+/// The micro-kernel: 12 accumulator registers hold the 6 × 16 tile; per depth step two loads of
+/// B, six broadcasts of A and twelve FMAs.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, load_c: bool) {
+    let z = _mm256_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    // The C tile is read (or written) only after the loop: ask for its lines now.
+    for i in 0..MR {
+        let row = c.offset(i as isize * rsc) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(row);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(60));
+    }
+    let mut a = a;
+    let mut b = b;
+    macro_rules! step {
+        () => {{
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            let x = _mm256_broadcast_ss(&*a);
+            c00 = _mm256_fmadd_ps(x, b0, c00);
+            c01 = _mm256_fmadd_ps(x, b1, c01);
+            let x = _mm256_broadcast_ss(&*a.add(1));
+            c10 = _mm256_fmadd_ps(x, b0, c10);
+            c11 = _mm256_fmadd_ps(x, b1, c11);
+            let x = _mm256_broadcast_ss(&*a.add(2));
+            c20 = _mm256_fmadd_ps(x, b0, c20);
+            c21 = _mm256_fmadd_ps(x, b1, c21);
+            let x = _mm256_broadcast_ss(&*a.add(3));
+            c30 = _mm256_fmadd_ps(x, b0, c30);
+            c31 = _mm256_fmadd_ps(x, b1, c31);
+            let x = _mm256_broadcast_ss(&*a.add(4));
+            c40 = _mm256_fmadd_ps(x, b0, c40);
+            c41 = _mm256_fmadd_ps(x, b1, c41);
+            let x = _mm256_broadcast_ss(&*a.add(5));
+            c50 = _mm256_fmadd_ps(x, b0, c50);
+            c51 = _mm256_fmadd_ps(x, b1, c51);
+            a = a.add(MR);
+            b = b.add(NR);
+        }};
+    }
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!();
+        step!();
+        step!();
+        step!();
+        p += 4;
+    }
+    while p < kc {
+        step!();
+        p += 1;
+    }
+    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+        let row = c.offset(i as isize * rsc);
+        if load_c {
+            _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), lo));
+            _mm256_storeu_ps(row.add(8), _mm256_add_ps(_mm256_loadu_ps(row.add(8)), hi));
+        } else {
+            _mm256_storeu_ps(row, lo);
+            _mm256_storeu_ps(row.add(8), hi);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Naive f64 product with general strides.
+    fn naive(m: usize, n: usize, k: usize, a: &[f32], l: MatRef, b: &[f32], r: MatRef) -> Vec<f64> {
+        let mut out = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    let av = a[(l.offset as isize + i as isize * l.rs + p as isize * l.cs) as usize] as f64;
+                    let bv = b[(r.offset as isize + p as isize * r.rs + j as isize * r.cs) as usize] as f64;
+                    s += av * bv;
+                }
+                out[i * n + j] = s;
+            }
+        }
+        out
+    }
+
+    fn check(m: usize, n: usize, k: usize, ta: bool, tb: bool, accumulate: bool, parallel: bool) {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX2+FMA");
+            return;
+        }
+        let a: Vec<f32> = (0..m * k + 3).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13).collect();
+        let b: Vec<f32> = (0..k * n + 5).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.07).collect();
+        let l = if ta { MatRef { offset: 3, rs: 1, cs: m as isize } } else { MatRef { offset: 3, rs: k as isize, cs: 1 } };
+        let r = if tb { MatRef { offset: 5, rs: 1, cs: k as isize } } else { MatRef { offset: 5, rs: n as isize, cs: 1 } };
+        // Output with a wider row stride than n, and a sentinel in the gap.
+        let ld = n + 3;
+        let init: Vec<f32> = (0..m * ld).map(|i| (i % 13) as f32 * 0.5).collect();
+        let mut c = init.clone();
+        unsafe { sgemm(m, n, k, c.as_mut_ptr(), ld as isize, accumulate, &a, l, &b, r, parallel) };
+        let want = naive(m, n, k, &a, l, &b, r);
+        for i in 0..m {
+            for j in 0..ld {
+                let got = c[i * ld + j] as f64;
+                if j >= n {
+                    assert_eq!(got, init[i * ld + j] as f64, "wrote outside the tile at ({i}, {j})");
+                    continue;
+                }
+                let w = want[i * n + j] + if accumulate { init[i * ld + j] as f64 } else { 0.0 };
+                assert!((got - w).abs() <= 1e-4 * (1.0 + w.abs()) * (k as f64).sqrt(), "({m}x{n}x{k} ta={ta} tb={tb}) at ({i},{j}): {got} vs {w}");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_naive_on_edges_layouts_and_depth_slices() {
+        for &(m, n, k) in &[(1, 1, 1), (6, 16, 4), (7, 17, 5), (13, 35, 300), (130, 40, 513), (5, 33, 257)] {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    check(m, n, k, ta, tb, false, true);
+                }
+            }
+            check(m, n, k, false, true, true, true);
+            check(m, n, k, true, false, true, false);
+        }
+    }
+
+    #[test]
+    fn does_not_depend_on_threads() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX2+FMA");
+            return;
+        }
+        let (m, n, k) = (250, 70, 600);
+        let a: Vec<f32> = (0..m * k).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.07).collect();
+        let l = MatRef { offset: 0, rs: k as isize, cs: 1 };
+        let r = MatRef { offset: 0, rs: n as isize, cs: 1 };
+        let mut one = vec![0.0f32; m * n];
+        let mut two = vec![0.0f32; m * n];
+        unsafe { sgemm(m, n, k, one.as_mut_ptr(), n as isize, false, &a, l, &b, r, false) };
+        unsafe { sgemm(m, n, k, two.as_mut_ptr(), n as isize, false, &a, l, &b, r, true) };
+        assert_eq!(one, two);
+    }
+}
