@@ -23,26 +23,33 @@ fn threads_for(flops: usize) -> Parallelism {
     }
 }
 
-/// Whether f32 products go through our own AVX2 GEMM ([`super::sgemm`]) rather than the `gemm`
-/// crate. Default: ours on AVX2+FMA machines without AVX-512 (where the crate has wider kernels
-/// that we have not measured against); `FLAMINGO_GEMM=crate` or `FLAMINGO_GEMM=ours` forces one.
+/// Whether an f32 product of `macs` multiply-adds goes through our own AVX2 GEMM
+/// ([`super::sgemm`]) rather than the `gemm` crate. Default: ours on AVX2+FMA machines without
+/// AVX-512 (where the crate has wider kernels that we have not measured against) for products of
+/// at least [`OURS_MIN_MACS`]. `FLAMINGO_GEMM=ours` uses ours for every size, `FLAMINGO_GEMM=crate`
+/// never (for side-by-side measurements).
 #[cfg(target_arch = "x86_64")]
-pub fn use_ours() -> bool {
+pub fn use_ours(macs: usize) -> bool {
     use std::sync::OnceLock;
-    static CHOICE: OnceLock<bool> = OnceLock::new();
-    *CHOICE.get_or_init(|| {
+    // 0: never, 1: every size, 2: above the threshold.
+    static CHOICE: OnceLock<u8> = OnceLock::new();
+    let choice = *CHOICE.get_or_init(|| {
         if !super::sgemm::available() {
-            return false;
+            return 0;
         }
         match std::env::var("FLAMINGO_GEMM").as_deref() {
-            Ok("crate") => false,
-            Ok("ours") => true,
-            _ => !std::is_x86_feature_detected!("avx512f"),
+            Ok("crate") => 0,
+            Ok("ours") => 1,
+            _ if std::is_x86_feature_detected!("avx512f") => 0,
+            _ => 2,
         }
-    })
+    });
+    choice == 1 || (choice == 2 && macs >= OURS_MIN_MACS)
 }
 
-/// Products with fewer multiply-adds than this use the `gemm` crate even when [`use_ours`].
+/// Products with fewer multiply-adds than this use the `gemm` crate by default: its
+/// small-matrix paths beat our packing overhead (measured: 64 × 80 × 64 at ~50 vs ~65 GFLOP/s,
+/// 32 × 256 × 288 at ~50 vs ~65).
 pub const OURS_MIN_MACS: usize = 1 << 22;
 
 /// `dst (m×n, row stride dst_rs, col stride 1) = [dst +] lhs (m×k) · rhs (k×n)`.
@@ -80,11 +87,9 @@ pub unsafe fn gemm_raw<T: Float>(
     let par = if parallel { threads_for(2 * m * n * k) } else { Parallelism::None };
     let _timer = stats::Timer::start(m, n, k, l, r, dst_rs, parallel);
     #[cfg(target_arch = "x86_64")]
-    // Small products stay with the crate: its small-matrix paths beat our packing overhead
-    // (measured: 64 × 80 × 64 at ~50 vs ~65 GFLOP/s, 32 × 256 × 288 at ~50 vs ~65).
-    if m * n * k >= OURS_MIN_MACS && use_ours() {
+    if use_ours(m * n * k) {
         if let (Some(lf), Some(rf)) = (super::float::as_f32(lhs), super::float::as_f32(rhs)) {
-            // SAFETY: `use_ours` checked AVX2+FMA; T is f32, so `dst` points to f32s; the caller
+            // SAFETY: `use_ours` is false without AVX2+FMA; T is f32, so `dst` points to f32s; the caller
             // upholds the layout and aliasing contract, which is `sgemm`'s.
             unsafe {
                 super::sgemm::sgemm(m, n, k, dst as *mut f32, dst_rs, accumulate, lf, l, rf, r, !matches!(par, Parallelism::None))
