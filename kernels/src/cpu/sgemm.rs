@@ -302,8 +302,7 @@ unsafe fn pack_b(kc: usize, cols: usize, b: *const f32, rs: isize, cs: isize, ou
         for p in 0..kc {
             let src = b.offset(p as isize * rs);
             if cols == NR {
-                // Constant length: inlined as vector moves, not a `memmove` call per row.
-                std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(p * NR), NR);
+                copy16(src, out.as_mut_ptr().add(p * NR));
             } else {
                 std::ptr::copy_nonoverlapping(src, out.as_mut_ptr().add(p * NR), cols);
             }
@@ -327,6 +326,15 @@ unsafe fn pack_b(kc: usize, cols: usize, b: *const f32, rs: isize, cs: isize, ou
             }
         }
     }
+}
+
+/// Copies 16 floats with two AVX moves (as a `copy_nonoverlapping`, LLVM merged it with the
+/// variable-length branch into one `memcpy` call per row: 2.5 % of the tiny training step).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn copy16(src: *const f32, dst: *mut f32) {
+    _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
+    _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
 }
 
 /// Full-width pack of a transposed B: 8 × 8 register transposes of the 16 column streams.
