@@ -18,6 +18,7 @@
 //! order, each slice sequentially in the micro-kernel), so results do not depend on threads.
 //! Operands are given by strides, so transposed views multiply without copies.
 #![cfg(target_arch = "x86_64")]
+use super::avx2::transpose8;
 use super::gemm::MatRef;
 use rayon::prelude::*;
 use std::arch::x86_64::*;
@@ -359,38 +360,6 @@ unsafe fn transpose_pack_b(kc: usize, b: *const f32, cs: isize, out: &mut [f32])
     }
 }
 
-/// Transposes 8 rows of 8 floats.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(s0, s4),
-        _mm256_permute2f128_ps::<0x20>(s1, s5),
-        _mm256_permute2f128_ps::<0x20>(s2, s6),
-        _mm256_permute2f128_ps::<0x20>(s3, s7),
-        _mm256_permute2f128_ps::<0x31>(s0, s4),
-        _mm256_permute2f128_ps::<0x31>(s1, s5),
-        _mm256_permute2f128_ps::<0x31>(s2, s6),
-        _mm256_permute2f128_ps::<0x31>(s3, s7),
-    ]
-}
-
 /// One MR × NR tile: `C[..rows, ..cols] (=|+=) Apack · Bpack` over depth `kc`.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -426,28 +395,24 @@ unsafe fn kernel_6x16(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc:
     }
     let mut a = a;
     let mut b = b;
+    // Row i of the tile: broadcast A[i] and multiply-add it with both halves of the B row.
+    macro_rules! row {
+        ($i:expr, $b0:ident, $b1:ident, $lo:ident, $hi:ident) => {{
+            let x = _mm256_broadcast_ss(&*a.add($i));
+            $lo = _mm256_fmadd_ps(x, $b0, $lo);
+            $hi = _mm256_fmadd_ps(x, $b1, $hi);
+        }};
+    }
     macro_rules! step {
         () => {{
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
-            let x = _mm256_broadcast_ss(&*a);
-            c00 = _mm256_fmadd_ps(x, b0, c00);
-            c01 = _mm256_fmadd_ps(x, b1, c01);
-            let x = _mm256_broadcast_ss(&*a.add(1));
-            c10 = _mm256_fmadd_ps(x, b0, c10);
-            c11 = _mm256_fmadd_ps(x, b1, c11);
-            let x = _mm256_broadcast_ss(&*a.add(2));
-            c20 = _mm256_fmadd_ps(x, b0, c20);
-            c21 = _mm256_fmadd_ps(x, b1, c21);
-            let x = _mm256_broadcast_ss(&*a.add(3));
-            c30 = _mm256_fmadd_ps(x, b0, c30);
-            c31 = _mm256_fmadd_ps(x, b1, c31);
-            let x = _mm256_broadcast_ss(&*a.add(4));
-            c40 = _mm256_fmadd_ps(x, b0, c40);
-            c41 = _mm256_fmadd_ps(x, b1, c41);
-            let x = _mm256_broadcast_ss(&*a.add(5));
-            c50 = _mm256_fmadd_ps(x, b0, c50);
-            c51 = _mm256_fmadd_ps(x, b1, c51);
+            row!(0, b0, b1, c00, c01);
+            row!(1, b0, b1, c10, c11);
+            row!(2, b0, b1, c20, c21);
+            row!(3, b0, b1, c30, c31);
+            row!(4, b0, b1, c40, c41);
+            row!(5, b0, b1, c50, c51);
             a = a.add(MR);
             b = b.add(NR);
         }};

@@ -182,7 +182,7 @@ pub(super) unsafe fn small_mm(
 /// and the two row passes (softmax; probabilities and score gradient).
 #[cfg(target_arch = "x86_64")]
 mod kern_avx2 {
-    use super::super::avx2::exp8;
+    use super::super::avx2::{exp8, transpose8};
     use super::super::float::exp_f32;
     use std::arch::x86_64::*;
 
@@ -329,36 +329,6 @@ mod kern_avx2 {
         _mm_sfence();
     }
 
-    /// 8×8 transpose of the rows `r` in place.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn transpose8(r: &mut [__m256; 8]) {
-        let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-        let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-        let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-        let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-        let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-        let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-        let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-        let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        r[0] = _mm256_permute2f128_ps::<0x20>(u0, u4);
-        r[1] = _mm256_permute2f128_ps::<0x20>(u1, u5);
-        r[2] = _mm256_permute2f128_ps::<0x20>(u2, u6);
-        r[3] = _mm256_permute2f128_ps::<0x20>(u3, u7);
-        r[4] = _mm256_permute2f128_ps::<0x31>(u0, u4);
-        r[5] = _mm256_permute2f128_ps::<0x31>(u1, u5);
-        r[6] = _mm256_permute2f128_ps::<0x31>(u2, u6);
-        r[7] = _mm256_permute2f128_ps::<0x31>(u3, u7);
-    }
-
     /// `dst[e·n + j] = src[j·d + e]` (both n·d elements), in 8×8 blocks.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn transpose(src: *const f32, n: usize, d: usize, dst: *mut f32) {
@@ -369,7 +339,7 @@ mod kern_avx2 {
                 for (i, x) in r.iter_mut().enumerate() {
                     *x = _mm256_loadu_ps(src.add((j + i) * d + e));
                 }
-                transpose8(&mut r);
+                r = transpose8(r);
                 for (i, x) in r.iter().enumerate() {
                     _mm256_storeu_ps(dst.add((e + i) * n + j), *x);
                 }
