@@ -2,9 +2,10 @@
 //! the operands and a 6 × 16 register-blocked micro-kernel.
 //!
 //! Why: on the development VM (AMD EPYC, AVX2) the `gemm` crate's f32 products ran at 70–100
-//! GFLOP/s on two threads, while the two vCPUs can do ~270 GFLOP/s of FMAs (measured with
-//! independent FMA chains; each vCPU has its own FMA units). The training steps spend ~80 % of
-//! their time in GEMMs.
+//! GFLOP/s on two threads, while the two vCPUs can do 240–285 GFLOP/s of FMAs (measured with
+//! independent FMA chains; each vCPU has its own FMA units) and this micro-kernel alone ~75–95 per
+//! thread. The training steps spend ~80 % of their time in GEMMs. See docs/PERF.md, "Our own f32
+//! GEMM", for what it changed.
 //!
 //! Layout of the computation, for `C (m×n) [+]= A (m×k) · B (k×n)`:
 //! - `jc` loop over column panels of `NC` columns, `pc` loop over depth slices of `KC`;
@@ -13,6 +14,10 @@
 //! - the rows are split into blocks of at most `MC` rows, one task each (rayon); a task packs its
 //!   `MC × KC` block of A into slivers of `MR` rows (k-major) that stay in L2, then runs the
 //!   micro-kernel over every (B sliver, A sliver) pair.
+//!
+//! Products under `SPLIT_MAX_MACS` are instead cut at the top into bands of rows (or columns),
+//! each band a whole serial product on one rayon task: one fork-join per product instead of two
+//! per depth slice, which is what the tiny training step's products need.
 //!
 //! Every output element is summed in the same order whatever the thread count (depth slices in
 //! order, each slice sequentially in the micro-kernel), so results do not depend on threads.
