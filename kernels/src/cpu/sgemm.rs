@@ -70,6 +70,15 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer. Closures must use this, not `.0`: a field access would make the closure
+    /// capture the bare (non-`Send`) raw pointer instead of the wrapper.
+    #[inline]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `dst (m×n, row stride dst_rs, column stride 1) [+]= lhs (m×k) · rhs (k×n)`, operands at the
 /// strides of `l` and `r` inside `lhs` and `rhs`. Uses both threads when `parallel`.
 ///
@@ -113,15 +122,14 @@ pub unsafe fn sgemm(
     let band = len.div_ceil(tasks).div_ceil(unit) * unit;
     let dst = SendPtr(dst);
     (0..len.div_ceil(band)).into_par_iter().for_each(|t| {
-        let dst = dst;
         let start = t * band;
         let size = (len - start).min(band);
         if by_rows {
             let lb = MatRef { offset: (l.offset as isize + start as isize * l.rs) as usize, ..l };
-            sgemm_blocked(size, n, k, dst.0.offset(start as isize * dst_rs), dst_rs, accumulate, lhs, lb, rhs, r, 1);
+            sgemm_blocked(size, n, k, dst.get().offset(start as isize * dst_rs), dst_rs, accumulate, lhs, lb, rhs, r, 1);
         } else {
             let rb = MatRef { offset: (r.offset as isize + start as isize * r.cs) as usize, ..r };
-            sgemm_blocked(m, size, k, dst.0.add(start), dst_rs, accumulate, lhs, l, rhs, rb, 1);
+            sgemm_blocked(m, size, k, dst.get().add(start), dst_rs, accumulate, lhs, l, rhs, rb, 1);
         }
     });
 }
@@ -167,9 +175,8 @@ unsafe fn sgemm_blocked(
             {
                 let b_at = SendPtr(rhs_ptr.offset(pc as isize * r.rs + jc as isize * r.cs) as *mut f32);
                 let pack = |s: usize, out: &mut [f32]| {
-                    let b_at = b_at;
                     let cols = (nc - s * NR).min(NR);
-                    pack_b(kc, cols, b_at.0.offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
+                    pack_b(kc, cols, b_at.get().offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
                 };
                 let bslice = &mut bbuf[..slivers * NR * kc];
                 if threads > 1 && slivers >= 4 && kc * nc >= 1 << 15 {
@@ -181,17 +188,16 @@ unsafe fn sgemm_blocked(
             let bpacked: &[f32] = &bbuf[..slivers * NR * kc];
             let a_at = SendPtr(lhs_ptr.offset(pc as isize * l.cs) as *mut f32);
             let block = |ib: usize| {
-                let (a_at, dst) = (a_at, dst);
                 let ic = ib * mc;
                 let rows = (m - ic).min(mc);
                 let asl = rows.div_ceil(MR);
                 let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * KC);
                 if l.rs == 1 && l.cs != 1 {
-                    pack_a_columns(kc, rows, a_at.0.offset(ic as isize), l.cs, &mut abuf[..asl * MR * kc]);
+                    pack_a_columns(kc, rows, a_at.get().add(ic), l.cs, &mut abuf[..asl * MR * kc]);
                 } else {
                     for s in 0..asl {
                         let r0 = ic + s * MR;
-                        pack_a(kc, (m - r0).min(MR), a_at.0.offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
+                        pack_a(kc, (m - r0).min(MR), a_at.get().offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
                     }
                 }
                 for js in 0..slivers {
@@ -200,7 +206,7 @@ unsafe fn sgemm_blocked(
                     for s in 0..asl {
                         let r0 = ic + s * MR;
                         let rws = (m - r0).min(MR);
-                        let c = dst.0.offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
+                        let c = dst.get().offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
                         tile(kc, abuf.as_ptr().add(s * MR * kc), bp, c, dst_rs, rws, cols, load_c);
                     }
                 }
