@@ -116,110 +116,119 @@ pub unsafe fn sgemm(
     // loops (the top-level split measured no better on the `small` step's 2048 × 512 × 512
     // products, and it repacks B per band); smaller ones split at the top (tiny step: 69–80 →
     // 67–72 ms, alternating runs).
+    let whole = Product { m, n, k, dst: SendPtr(dst), dst_rs, accumulate, lhs, l, rhs, r };
     if tasks <= 1 || macs >= SPLIT_MAX_MACS {
-        return sgemm_blocked(m, n, k, dst, dst_rs, accumulate, lhs, l, rhs, r, if tasks <= 1 { 1 } else { threads });
+        return whole.blocked(if tasks <= 1 { 1 } else { threads });
     }
     let band = len.div_ceil(tasks).div_ceil(unit) * unit;
-    let dst = SendPtr(dst);
     (0..len.div_ceil(band)).into_par_iter().for_each(|t| {
         let start = t * band;
         let size = (len - start).min(band);
-        if by_rows {
-            let lb = MatRef { offset: (l.offset as isize + start as isize * l.rs) as usize, ..l };
-            sgemm_blocked(size, n, k, dst.get().offset(start as isize * dst_rs), dst_rs, accumulate, lhs, lb, rhs, r, 1);
-        } else {
-            let rb = MatRef { offset: (r.offset as isize + start as isize * r.cs) as usize, ..r };
-            sgemm_blocked(m, size, k, dst.get().add(start), dst_rs, accumulate, lhs, l, rhs, rb, 1);
-        }
+        whole.band(by_rows, start, size).blocked(1);
     });
 }
 
 /// Products with at least this many multiply-adds parallelise inside the blocked loops.
 const SPLIT_MAX_MACS: usize = 1 << 26;
 
-/// The blocked product on `threads` threads (1: entirely on the calling thread).
-#[allow(clippy::too_many_arguments)]
-unsafe fn sgemm_blocked(
+/// One product `dst (m×n) [+]= lhs (m×k) · rhs (k×n)`, as [`sgemm`] takes it.
+#[derive(Clone, Copy)]
+struct Product<'a> {
     m: usize,
     n: usize,
     k: usize,
-    dst: *mut f32,
+    dst: SendPtr,
     dst_rs: isize,
     accumulate: bool,
-    lhs: &[f32],
+    lhs: &'a [f32],
     l: MatRef,
-    rhs: &[f32],
+    rhs: &'a [f32],
     r: MatRef,
-    threads: usize,
-) {
-    // Row blocks: at most MC rows, and enough blocks to keep every thread busy.
-    let want_blocks = if threads > 1 { 3 * threads } else { 1 };
-    let mc = (m.div_ceil(want_blocks).div_ceil(MR) * MR).clamp(MR, MC);
-    let row_blocks = m.div_ceil(mc);
-    let nc_max = n.min(n.div_ceil(n.div_ceil(NC)).div_ceil(NR) * NR);
-    let kc_max = k.min(KC);
-    let mut bbuf = take_buf(&B_BUF, nc_max.div_ceil(NR) * NR * kc_max);
-    let lhs_ptr = lhs.as_ptr().add(l.offset);
-    let rhs_ptr = rhs.as_ptr().add(r.offset);
-    let dst = SendPtr(dst);
-    // Equal column panels (8194 columns as 2 × 4097, not 4096 + 4096 + 2: every panel repacks A).
-    let panels = n.div_ceil(NC);
-    let nc_even = n.div_ceil(panels).div_ceil(NR) * NR;
-    for jc in (0..n).step_by(nc_even) {
-        let nc = (n - jc).min(nc_even);
-        let slivers = nc.div_ceil(NR);
-        for pc in (0..k).step_by(KC) {
-            let kc = (k - pc).min(KC);
-            let load_c = accumulate || pc > 0;
-            // Pack B[pc.., jc..] into slivers of NR columns.
-            {
-                let b_at = SendPtr(rhs_ptr.offset(pc as isize * r.rs + jc as isize * r.cs) as *mut f32);
-                let pack = |s: usize, out: &mut [f32]| {
-                    let cols = (nc - s * NR).min(NR);
-                    pack_b(kc, cols, b_at.get().offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
-                };
-                let bslice = &mut bbuf[..slivers * NR * kc];
-                if threads > 1 && slivers >= 4 && kc * nc >= 1 << 15 {
-                    bslice.par_chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
-                } else {
-                    bslice.chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
-                }
-            }
-            let bpacked: &[f32] = &bbuf[..slivers * NR * kc];
-            let a_at = SendPtr(lhs_ptr.offset(pc as isize * l.cs) as *mut f32);
-            let block = |ib: usize| {
-                let ic = ib * mc;
-                let rows = (m - ic).min(mc);
-                let asl = rows.div_ceil(MR);
-                let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * KC);
-                if l.rs == 1 && l.cs != 1 {
-                    pack_a_columns(kc, rows, a_at.get().add(ic), l.cs, &mut abuf[..asl * MR * kc]);
-                } else {
-                    for s in 0..asl {
-                        let r0 = ic + s * MR;
-                        pack_a(kc, (m - r0).min(MR), a_at.get().offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
-                    }
-                }
-                for js in 0..slivers {
-                    let bp = bpacked.as_ptr().add(js * NR * kc);
-                    let cols = (nc - js * NR).min(NR);
-                    for s in 0..asl {
-                        let r0 = ic + s * MR;
-                        let rws = (m - r0).min(MR);
-                        let c = dst.get().offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
-                        tile(kc, abuf.as_ptr().add(s * MR * kc), bp, c, dst_rs, rws, cols, load_c);
-                    }
-                }
-                give_buf(&A_BUF, abuf);
-            };
-            if threads > 1 && row_blocks > 1 {
-                (0..row_blocks).into_par_iter().for_each(block);
-            } else {
-                (0..row_blocks).for_each(block);
-            }
+}
+
+impl Product<'_> {
+    /// Rows (or, when `!rows`, columns) `start .. start + size` of the output as a product of
+    /// its own.
+    unsafe fn band(self, rows: bool, start: usize, size: usize) -> Self {
+        let (l, r) = (self.l, self.r);
+        if rows {
+            let l = MatRef { offset: (l.offset as isize + start as isize * l.rs) as usize, ..l };
+            Product { m: size, dst: SendPtr(self.dst.get().offset(start as isize * self.dst_rs)), l, ..self }
+        } else {
+            let r = MatRef { offset: (r.offset as isize + start as isize * r.cs) as usize, ..r };
+            Product { n: size, dst: SendPtr(self.dst.get().add(start)), r, ..self }
         }
     }
-    give_buf(&B_BUF, bbuf);
+
+    /// The blocked product on `threads` threads (1: entirely on the calling thread).
+    unsafe fn blocked(self, threads: usize) {
+        let Product { m, n, k, dst, dst_rs, accumulate, lhs, l, rhs, r } = self;
+        // Row blocks: at most MC rows, and enough blocks to keep every thread busy.
+        let want_blocks = if threads > 1 { 3 * threads } else { 1 };
+        let mc = (m.div_ceil(want_blocks).div_ceil(MR) * MR).clamp(MR, MC);
+        let row_blocks = m.div_ceil(mc);
+        // Equal column panels (8194 columns as 2 × 4097, not 4096 + 4096 + 2: every panel
+        // repacks A), each a whole number of slivers.
+        let nc_even = n.div_ceil(n.div_ceil(NC)).div_ceil(NR) * NR;
+        let mut bbuf = take_buf(&B_BUF, nc_even * k.min(KC));
+        let lhs_ptr = lhs.as_ptr().add(l.offset);
+        let rhs_ptr = rhs.as_ptr().add(r.offset);
+        for jc in (0..n).step_by(nc_even) {
+            let nc = (n - jc).min(nc_even);
+            let slivers = nc.div_ceil(NR);
+            for pc in (0..k).step_by(KC) {
+                let kc = (k - pc).min(KC);
+                let load_c = accumulate || pc > 0;
+                // Pack B[pc.., jc..] into slivers of NR columns.
+                {
+                    let b_at = SendPtr(rhs_ptr.offset(pc as isize * r.rs + jc as isize * r.cs) as *mut f32);
+                    let pack = |s: usize, out: &mut [f32]| {
+                        let cols = (nc - s * NR).min(NR);
+                        pack_b(kc, cols, b_at.get().offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
+                    };
+                    let bslice = &mut bbuf[..slivers * NR * kc];
+                    if threads > 1 && slivers >= 4 && kc * nc >= 1 << 15 {
+                        bslice.par_chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
+                    } else {
+                        bslice.chunks_mut(NR * kc).enumerate().for_each(|(s, out)| pack(s, out));
+                    }
+                }
+                let bpacked: &[f32] = &bbuf[..slivers * NR * kc];
+                let a_at = SendPtr(lhs_ptr.offset(pc as isize * l.cs) as *mut f32);
+                let block = |ib: usize| {
+                    let ic = ib * mc;
+                    let rows = (m - ic).min(mc);
+                    let asl = rows.div_ceil(MR);
+                    let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * KC);
+                    if l.rs == 1 && l.cs != 1 {
+                        pack_a_columns(kc, rows, a_at.get().add(ic), l.cs, &mut abuf[..asl * MR * kc]);
+                    } else {
+                        for s in 0..asl {
+                            let r0 = ic + s * MR;
+                            pack_a(kc, (m - r0).min(MR), a_at.get().offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
+                        }
+                    }
+                    for js in 0..slivers {
+                        let bp = bpacked.as_ptr().add(js * NR * kc);
+                        let cols = (nc - js * NR).min(NR);
+                        for s in 0..asl {
+                            let r0 = ic + s * MR;
+                            let rws = (m - r0).min(MR);
+                            let c = dst.get().offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
+                            tile(kc, abuf.as_ptr().add(s * MR * kc), bp, c, dst_rs, rws, cols, load_c);
+                        }
+                    }
+                    give_buf(&A_BUF, abuf);
+                };
+                if threads > 1 && row_blocks > 1 {
+                    (0..row_blocks).into_par_iter().for_each(block);
+                } else {
+                    (0..row_blocks).for_each(block);
+                }
+            }
+        }
+        give_buf(&B_BUF, bbuf);
+    }
 }
 
 /// Packs `rows ≤ MR` rows × `kc` columns of A (element (i, p) at `a + i·rs + p·cs`) k-major into
