@@ -114,6 +114,143 @@ fn im2col<T: Float>(x: &[T], geo: &ConvGeom, g: usize, cols: &mut [T]) {
     }
 }
 
+/// The im2col matrix of one group of one image (`[cg·kh·kw, ho·wo]`, as [`im2col`] builds it)
+/// as a GEMM operand that packs its slivers straight from the input planes: the implicit-GEMM
+/// convolution. Nothing of size k × l is written; each sliver is a few kB, built where the
+/// micro-kernel reads it.
+///
+/// Why: the explicit im2col wrote and re-read 9× the input per image (295 kB for the 3 × 3
+/// benchmark conv), about a third of the forward's time on one thread.
+#[cfg(target_arch = "x86_64")]
+struct ImplicitCols<'a> {
+    /// The group's `cg` input planes of one image, `[cg, h, w]`.
+    x: &'a [f32],
+    geo: &'a ConvGeom,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl super::sgemm::PackB for ImplicitCols<'_> {
+    fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, out: &mut [f32]) {
+        use super::sgemm::NR;
+        let geo = self.geo;
+        let (wo, hw) = (geo.wo(), geo.h * geo.w);
+        let (sy, sx) = geo.stride;
+        // The sliver's columns as runs within one output row: (oy, first ox, length, first j).
+        let mut runs = [(0usize, 0usize, 0usize, 0usize); NR];
+        let mut nruns = 0;
+        let mut j = 0;
+        while j < cols {
+            let (oy, ox) = ((j0 + j) / wo, (j0 + j) % wo);
+            let len = (wo - ox).min(cols - j);
+            runs[nruns] = (oy, ox, len, j);
+            nruns += 1;
+            j += len;
+        }
+        let (mut ic, mut ky, mut kx) = (p0 / (geo.kh * geo.kw), p0 / geo.kw % geo.kh, p0 % geo.kw);
+        if nruns == 1 && cols == NR && sx == 1 && geo.kw <= MAX_FAST_KW {
+            // SAFETY: `ImplicitCols` is only built where AVX2 is available (the GEMM needs it).
+            unsafe { pack_one_row_run(self.x, geo, runs[0].0, runs[0].1, (ic, ky, kx), kc, out) };
+            return;
+        }
+        for dst in out[..kc * NR].chunks_exact_mut(NR) {
+            dst[cols..].fill(0.0);
+            let plane = &self.x[ic * hw..(ic + 1) * hw];
+            for &(oy, ox0, len, jd) in &runs[..nruns] {
+                let seg = &mut dst[jd..jd + len];
+                let iy = (oy * sy + ky) as isize - geo.pad.0 as isize;
+                if iy < 0 || iy >= geo.h as isize {
+                    seg.fill(0.0);
+                    continue;
+                }
+                let src = &plane[iy as usize * geo.w..(iy as usize + 1) * geo.w];
+                // Input column of output column ox: ox·sx + kx − pad_left, inside 0..w for
+                // ox in lo..hi.
+                let (lo, hi) = valid_ox(geo, kx, wo);
+                let (a, b) = (lo.clamp(ox0, ox0 + len), hi.clamp(ox0, ox0 + len));
+                if a >= b {
+                    seg.fill(0.0);
+                    continue;
+                }
+                seg[..a - ox0].fill(0.0);
+                seg[b - ox0..].fill(0.0);
+                let ix0 = a * sx + kx - geo.pad.2;
+                if sx == 1 {
+                    seg[a - ox0..b - ox0].copy_from_slice(&src[ix0..ix0 + (b - a)]);
+                } else {
+                    for (t, d) in seg[a - ox0..b - ox0].iter_mut().enumerate() {
+                        *d = src[ix0 + t * sx];
+                    }
+                }
+            }
+            kx += 1;
+            if kx == geo.kw {
+                kx = 0;
+                ky += 1;
+                if ky == geo.kh {
+                    ky = 0;
+                    ic += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Widest kernel the one-row sliver path handles (its per-`kx` masks live on the stack).
+#[cfg(target_arch = "x86_64")]
+const MAX_FAST_KW: usize = 16;
+
+/// [`ImplicitCols::pack`] for a sliver that is 16 consecutive columns of one output row `oy`
+/// (from `ox0`), stride 1 across: each packed row is then 16 consecutive input floats, read
+/// with two masked loads (masked lanes, outside the input row, read as zero and are not
+/// touched). Depth rows start at `(ic, ky, kx)`.
+///
+/// # Safety
+/// AVX2 must be available; `x` holds the group's planes and `out` at least `kc·16` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_one_row_run(x: &[f32], geo: &ConvGeom, oy: usize, ox0: usize, start: (usize, usize, usize), kc: usize, out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let (mut ic, mut ky, mut kx) = start;
+    let wo = geo.wo();
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let lanes_hi = _mm256_add_epi32(lanes, _mm256_set1_epi32(8));
+    // Per kx: the valid columns a..b of this run (relative to ox0) as two lane masks.
+    let mut masks = [(_mm256_setzero_si256(), _mm256_setzero_si256()); MAX_FAST_KW];
+    for (kxi, m) in masks.iter_mut().enumerate().take(geo.kw) {
+        let (lo, hi) = valid_ox(geo, kxi, wo);
+        let (a, b) = (lo.clamp(ox0, ox0 + 16) - ox0, hi.clamp(ox0, ox0 + 16) - ox0);
+        let (av, bv) = (_mm256_set1_epi32(a as i32 - 1), _mm256_set1_epi32(b as i32));
+        let inside = |l: __m256i| _mm256_and_si256(_mm256_cmpgt_epi32(l, av), _mm256_cmpgt_epi32(bv, l));
+        *m = (inside(lanes), inside(lanes_hi));
+    }
+    let (hw, w) = (geo.h * geo.w, geo.w as isize);
+    let base = x.as_ptr();
+    let o = out.as_mut_ptr();
+    for p in 0..kc {
+        let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
+        let dst = o.add(p * 16);
+        if iy < 0 || iy >= geo.h as isize {
+            _mm256_storeu_ps(dst, _mm256_setzero_ps());
+            _mm256_storeu_ps(dst.add(8), _mm256_setzero_ps());
+        } else {
+            // Input column of lane 0: ox0 + kx − pad_left (may lie left of the row: masked).
+            let src = base.wrapping_offset((ic * hw) as isize + iy * w + ox0 as isize + kx as isize - geo.pad.2 as isize);
+            let (m0, m1) = masks[kx];
+            _mm256_storeu_ps(dst, _mm256_maskload_ps(src, m0));
+            _mm256_storeu_ps(dst.add(8), _mm256_maskload_ps(src.wrapping_add(8), m1));
+        }
+        kx += 1;
+        if kx == geo.kw {
+            kx = 0;
+            ky += 1;
+            if ky == geo.kh {
+                ky = 0;
+                ic += 1;
+            }
+        }
+    }
+}
+
 /// Adjoint of [`im2col`]: accumulates columns back into the group's planes of one image.
 fn col2im<T: Float>(cols: &[T], geo: &ConvGeom, g: usize, dx: &mut [T]) {
     let (ho, wo, cg) = (geo.ho(), geo.wo(), geo.cg());
@@ -165,8 +302,27 @@ fn per_image<T: Send, S>(out: &mut [T], chunk: usize, cost: usize, init: impl Fn
     }
 }
 
-/// Forward: `out [n, o, ho, wo] = conv(x, w) (+ bias [o])`.
+/// Whether the forward of `geo` runs as an implicit GEMM ([`ImplicitCols`] into our own GEMM):
+/// f32, a kernel that needs im2col, and products that our GEMM takes (see `gemm::use_ours`).
+fn implicit_gemm<T: Float>(geo: &ConvGeom, parallel: bool) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::float::as_f32::<T>(&[]).is_some() && !geo.pointwise() && super::gemm::use_ours(geo.og() * geo.l() * geo.k(), parallel)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (geo, parallel);
+        false
+    }
+}
+
+/// Forward: `out [n, o, ho, wo] = conv(x, w) (+ bias [o])`. Runs as an implicit GEMM where
+/// [`implicit_gemm`] says so, otherwise as im2col + GEMM per image and group.
 pub fn conv2d<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom, out: &mut [T]) {
+    conv2d_with(x, w, bias, geo, out, implicit_gemm::<T>(geo, geo.n == 1))
+}
+
+fn conv2d_with<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom, out: &mut [T], implicit: bool) {
     let (k, l, og) = (geo.k(), geo.l(), geo.og());
     let img_in = geo.c * geo.h * geo.w;
     assert_eq!(x.len(), geo.n * img_in, "conv2d: input length");
@@ -174,10 +330,24 @@ pub fn conv2d<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom, ou
     assert_eq!(out.len(), geo.n * geo.o * l, "conv2d: output length");
     let flops = 2 * geo.n * geo.o * k * l;
     let nested_parallel = geo.n == 1;
-    let scratch = || if geo.pointwise() { Vec::new() } else { vec![T::zero(); k * l] };
+    let scratch = || if geo.pointwise() || implicit { Vec::new() } else { vec![T::zero(); k * l] };
     per_image(out, geo.o * l, flops / 64, scratch, |b, o_img, cols| {
         let xb = &x[b * img_in..(b + 1) * img_in];
         for g in 0..geo.groups {
+            #[cfg(target_arch = "x86_64")]
+            if implicit {
+                let dst = &mut o_img[g * og * l..(g + 1) * og * l];
+                if let (Some(xf), Some(wf), Some(dst)) = (super::float::as_f32(xb), super::float::as_f32(w), super::float::as_f32_mut(dst)) {
+                    let plane = geo.h * geo.w;
+                    let src = ImplicitCols { x: &xf[g * geo.cg() * plane..(g + 1) * geo.cg() * plane], geo };
+                    // SAFETY: `implicit` implies AVX2+FMA (use_ours); dst is this group's og×l
+                    // output block; the weights are read-only and in bounds.
+                    unsafe {
+                        super::sgemm::sgemm_packed_rhs(og, l, k, dst.as_mut_ptr(), l as isize, false, wf, MatRef { offset: g * og * k, rs: k as isize, cs: 1 }, &src, nested_parallel)
+                    };
+                    continue;
+                }
+            }
             let (src, rm): (&[T], MatRef) = if geo.pointwise() {
                 (xb, MatRef { offset: g * k * l, rs: l as isize, cs: 1 })
             } else {
@@ -330,17 +500,7 @@ mod tests {
     /// over strides, asymmetric and oversized padding, and kernels wider than the input.
     #[test]
     fn im2col_and_col2im_match_naive_over_geometries() {
-        let geos = [
-            ConvGeom { n: 1, c: 4, h: 7, w: 6, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
-            ConvGeom { n: 1, c: 2, h: 7, w: 9, o: 2, kh: 3, kw: 3, stride: (2, 3), pad: (0, 1, 2, 0), groups: 1 },
-            ConvGeom { n: 1, c: 2, h: 5, w: 5, o: 2, kh: 3, kw: 4, stride: (1, 2), pad: (2, 2, 3, 3), groups: 1 },
-            ConvGeom { n: 1, c: 1, h: 4, w: 2, o: 1, kh: 2, kw: 5, stride: (1, 1), pad: (0, 0, 2, 1), groups: 1 },
-            ConvGeom { n: 1, c: 3, h: 6, w: 8, o: 3, kh: 1, kw: 1, stride: (2, 2), pad: (0, 0, 0, 0), groups: 3 },
-            // "same" width at stride 1 (the flat-copy path), uneven padding, tall kernel
-            ConvGeom { n: 1, c: 2, h: 5, w: 6, o: 2, kh: 5, kw: 3, stride: (1, 1), pad: (1, 3, 2, 0), groups: 2 },
-            ConvGeom { n: 1, c: 1, h: 3, w: 4, o: 1, kh: 7, kw: 1, stride: (1, 1), pad: (3, 3, 0, 0), groups: 1 },
-        ];
-        for geo in geos {
+        for geo in geometries() {
             let x: Vec<f64> = (0..geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
             for g in 0..geo.groups {
                 let want = im2col_naive(&x, &geo, g);
@@ -353,6 +513,93 @@ mod tests {
                 let lhs: f64 = cols.iter().zip(&c).map(|(a, b)| a * b).sum();
                 let rhs: f64 = x.iter().zip(&back).map(|(a, b)| a * b).sum();
                 assert_eq!(lhs, rhs, "adjoint {geo:?} group {g}");
+            }
+        }
+    }
+
+    /// Geometries for the im2col tests: strides, asymmetric and oversized padding, kernels wider
+    /// than the input, "same" stride-1 convs (the flat-copy path), output rows narrower and wider
+    /// than a packed sliver.
+    fn geometries() -> Vec<ConvGeom> {
+        vec![
+            ConvGeom { n: 1, c: 4, h: 7, w: 6, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
+            ConvGeom { n: 1, c: 2, h: 7, w: 9, o: 2, kh: 3, kw: 3, stride: (2, 3), pad: (0, 1, 2, 0), groups: 1 },
+            ConvGeom { n: 1, c: 2, h: 5, w: 5, o: 2, kh: 3, kw: 4, stride: (1, 2), pad: (2, 2, 3, 3), groups: 1 },
+            ConvGeom { n: 1, c: 1, h: 4, w: 2, o: 1, kh: 2, kw: 5, stride: (1, 1), pad: (0, 0, 2, 1), groups: 1 },
+            ConvGeom { n: 1, c: 3, h: 6, w: 8, o: 3, kh: 1, kw: 1, stride: (2, 2), pad: (0, 0, 0, 0), groups: 3 },
+            ConvGeom { n: 1, c: 2, h: 5, w: 6, o: 2, kh: 5, kw: 3, stride: (1, 1), pad: (1, 3, 2, 0), groups: 2 },
+            ConvGeom { n: 1, c: 1, h: 3, w: 4, o: 1, kh: 7, kw: 1, stride: (1, 1), pad: (3, 3, 0, 0), groups: 1 },
+            ConvGeom { n: 1, c: 2, h: 5, w: 21, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 1 },
+            ConvGeom { n: 1, c: 2, h: 9, w: 35, o: 2, kh: 3, kw: 3, stride: (2, 2), pad: (1, 1, 1, 1), groups: 2 },
+            // rows of exactly one or two slivers (the one-row sliver path), wide kernels
+            ConvGeom { n: 1, c: 4, h: 4, w: 16, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
+            ConvGeom { n: 1, c: 2, h: 6, w: 32, o: 2, kh: 5, kw: 5, stride: (2, 1), pad: (2, 2, 2, 2), groups: 1 },
+            ConvGeom { n: 1, c: 1, h: 3, w: 18, o: 1, kh: 1, kw: 19, stride: (1, 1), pad: (0, 0, 9, 9), groups: 1 },
+        ]
+    }
+
+    /// Every packed sliver of the implicit im2col operand equals the corresponding block of the
+    /// naive im2col matrix, zero-padded to the sliver width: over geometries, depth offsets and
+    /// lengths, and column offsets that start mid-row.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn implicit_cols_pack_like_im2col() {
+        use super::super::sgemm::{PackB, NR};
+        for geo in geometries() {
+            let x: Vec<f64> = (0..geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
+            let xf: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+            let (k, l, plane) = (geo.k(), geo.l(), geo.h * geo.w);
+            for g in 0..geo.groups {
+                let want = im2col_naive(&x, &geo, g);
+                let src = ImplicitCols { x: &xf[g * geo.cg() * plane..(g + 1) * geo.cg() * plane], geo: &geo };
+                for (p0, kc) in [(0, k), (1, k - 1), (k / 2, k - k / 2), (0, 1)] {
+                    for j0 in (0..l).step_by(NR).chain([3.min(l - 1), l - 1]) {
+                        let cols = (l - j0).min(NR);
+                        let mut out = vec![f32::NAN; kc * NR];
+                        src.pack(p0, kc, j0, cols, &mut out);
+                        for p in 0..kc {
+                            for j in 0..NR {
+                                let w = if j < cols { want[(p0 + p) * l + j0 + j] as f32 } else { 0.0 };
+                                assert_eq!(out[p * NR + j], w, "{geo:?} group {g} p0 {p0} row {p} j0 {j0} col {j}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The implicit-GEMM forward (forced on, whatever the product size) matches the f64
+    /// reference convolution, with bias, over the geometries (and two images).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn implicit_gemm_conv_matches_reference() {
+        if !super::super::sgemm::available() {
+            eprintln!("skipped: this CPU lacks AVX2/FMA, which the implicit-GEMM path needs");
+            return;
+        }
+        for geo in geometries() {
+            let geo = ConvGeom { n: 2, o: 2 * geo.groups, ..geo };
+            let x: Vec<f64> = (0..geo.n * geo.c * geo.h * geo.w).map(|i| ((i * 37) % 17) as f64 / 17.0 - 0.5).collect();
+            let w: Vec<f64> = (0..geo.o * geo.k()).map(|i| ((i * 13) % 11) as f64 / 11.0 - 0.5).collect();
+            let bias: Vec<f64> = (0..geo.o).map(|i| i as f64 * 0.25 - 0.5).collect();
+            let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+            let mut out = vec![f32::NAN; geo.n * geo.o * geo.l()];
+            conv2d_with(&f(&x), &f(&w), Some(&f(&bias)), &geo, &mut out, !geo.pointwise());
+            // The reference takes symmetric padding; other geometries are compared with the
+            // im2col path in f64 (itself checked against the naive im2col above).
+            if geo.pad.0 != geo.pad.1 || geo.pad.2 != geo.pad.3 {
+                let mut dflt = vec![0f64; out.len()];
+                conv2d(&x, &w, Some(&bias), &geo, &mut dflt);
+                for (a, b) in out.iter().zip(&dflt) {
+                    assert!((*a as f64 - b).abs() < 1e-4, "{geo:?}: {a} vs {b}");
+                }
+                continue;
+            }
+            let want = reference::conv2d(&x, (geo.n, geo.c, geo.h, geo.w), &w, (geo.o, geo.kh, geo.kw), geo.stride, (geo.pad.0, geo.pad.2), geo.groups);
+            for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                let b = b + bias[i / geo.l() % geo.o];
+                assert!((*a as f64 - b).abs() < 1e-4, "{geo:?} at {i}: {a} vs {b}");
             }
         }
     }

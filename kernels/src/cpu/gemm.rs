@@ -26,10 +26,11 @@ fn threads_for(flops: usize) -> Parallelism {
 /// Whether an f32 product of `macs` multiply-adds goes through our own AVX2 GEMM
 /// ([`super::sgemm`]) rather than the `gemm` crate. Default: ours on AVX2+FMA machines without
 /// AVX-512 (where the crate has wider kernels that we have not measured against) for products of
-/// at least [`OURS_MIN_MACS`]. `FLAMINGO_GEMM=ours` uses ours for every size, `FLAMINGO_GEMM=crate`
-/// never (for side-by-side measurements).
+/// at least [`OURS_MIN_MACS`], or [`OURS_MIN_MACS_SERIAL`] when the caller runs it on one thread.
+/// `FLAMINGO_GEMM=ours` uses ours for every size, `FLAMINGO_GEMM=crate` never (for side-by-side
+/// measurements).
 #[cfg(target_arch = "x86_64")]
-pub fn use_ours(macs: usize) -> bool {
+pub fn use_ours(macs: usize, parallel: bool) -> bool {
     use std::sync::OnceLock;
     // 0: never, 1: every size, 2: above the threshold.
     static CHOICE: OnceLock<u8> = OnceLock::new();
@@ -44,13 +45,19 @@ pub fn use_ours(macs: usize) -> bool {
             _ => 2,
         }
     });
-    choice == 1 || (choice == 2 && macs >= OURS_MIN_MACS)
+    choice == 1 || (choice == 2 && macs >= if parallel { OURS_MIN_MACS } else { OURS_MIN_MACS_SERIAL })
 }
 
-/// Products with fewer multiply-adds than this use the `gemm` crate by default: its
-/// small-matrix paths beat our packing overhead (measured: 64 × 80 × 64 at ~50 vs ~65 GFLOP/s,
-/// 32 × 256 × 288 at ~50 vs ~65).
+/// Products that may use both threads and have fewer multiply-adds than this use the `gemm`
+/// crate by default. On one thread ours is the faster at these sizes too (`gemm_speed` example:
+/// 64 × 80 × 64 at 72 against 49 GFLOP/s, 32 × 256 × 288 at 62 against 45), but routing the tiny
+/// training step's small parallel products to ours made that step slower as a whole (session 6,
+/// alternating runs): the crate runs them serially, ours forks.
 pub const OURS_MIN_MACS: usize = 1 << 22;
+
+/// The threshold for products the caller runs on one thread (e.g. a convolution's per-image
+/// products, already parallel over images).
+pub const OURS_MIN_MACS_SERIAL: usize = 1 << 18;
 
 /// `dst (m×n, row stride dst_rs, col stride 1) = [dst +] lhs (m×k) · rhs (k×n)`.
 ///
@@ -87,7 +94,7 @@ pub unsafe fn gemm_raw<T: Float>(
     let par = if parallel { threads_for(2 * m * n * k) } else { Parallelism::None };
     let _timer = stats::Timer::start(m, n, k, l, r, dst_rs, parallel);
     #[cfg(target_arch = "x86_64")]
-    if use_ours(m * n * k) {
+    if use_ours(m * n * k, parallel) {
         if let (Some(lf), Some(rf)) = (super::float::as_f32(lhs), super::float::as_f32(rhs)) {
             // SAFETY: `use_ours` is false without AVX2+FMA; T is f32, so `dst` points to f32s; the caller
             // upholds the layout and aliasing contract, which is `sgemm`'s.

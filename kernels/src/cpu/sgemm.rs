@@ -8,7 +8,8 @@
 //! GEMM", for what it changed.
 //!
 //! Layout of the computation, for `C (m×n) [+]= A (m×k) · B (k×n)`:
-//! - `jc` loop over column panels of `NC` columns, `pc` loop over depth slices of `KC`;
+//! - `jc` loop over column panels of `NC` columns, `pc` loop over depth slices of at most `KC`
+//!   (equal slices; one slice for products up to `KC_MAX` deep);
 //! - B's `KC × NC` panel is packed once into slivers of `NR` columns (k-major, zero-padded), in
 //!   parallel; it stays in L3 and each sliver in L1/L2 while used;
 //! - the rows are split into blocks of at most `MC` rows, one task each (rayon); a task packs its
@@ -31,10 +32,23 @@ use std::cell::Cell;
 
 /// Rows of the micro-kernel tile.
 const MR: usize = 6;
-/// Columns of the micro-kernel tile (two AVX registers).
-const NR: usize = 16;
+/// Columns of the micro-kernel tile (two AVX registers), and of a packed B sliver.
+pub const NR: usize = 16;
 /// Depth of one packed slice (an A sliver is 6 KB, a B sliver 16 KB: both stay in L1/L2).
 const KC: usize = 256;
+/// Deepest single slice: products up to this deep are not sliced at all (a 256 + 32 split of
+/// the 3 × 3 conv's k = 288 re-read and re-wrote C for a 32-deep remainder).
+const KC_MAX: usize = 320;
+
+/// Depth of the packed slices of a k-deep product: one slice up to [`KC_MAX`], otherwise equal
+/// slices of at most [`KC`] (576 as 3 × 192, not 256 + 256 + 64).
+fn slice_depth(k: usize) -> usize {
+    if k <= KC_MAX {
+        k
+    } else {
+        k.div_ceil(k.div_ceil(KC))
+    }
+}
 /// Most rows in one A block (MC × KC × 4 bytes = 120 KB, in L2).
 const MC: usize = 120;
 /// Columns in one B panel (KC × NC × 4 bytes = 4 MB, in L3).
@@ -79,6 +93,23 @@ impl SendPtr {
     }
 }
 
+/// A right operand B (k × n) that packs its own slivers instead of being read at strides: e.g. a
+/// convolution's im2col matrix, packed straight from the input image (implicit GEMM).
+pub trait PackB: Sync {
+    /// Writes rows `p0 .. p0 + kc` of columns `j0 .. j0 + cols` (`cols ≤ NR`) k-major into
+    /// `out[p·NR + j]` (`out.len() == kc·NR`), with zeros in the columns `cols .. NR`.
+    fn pack(&self, p0: usize, kc: usize, j0: usize, cols: usize, out: &mut [f32]);
+}
+
+/// The right operand of a [`Product`].
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    /// Element (p, j) at `data[r.offset + p·r.rs + j·r.cs]`.
+    Strided(&'a [f32], MatRef),
+    /// Packed by the operand itself; column j of this product is column `j0 + j` of the operand.
+    Packer(&'a dyn PackB, usize),
+}
+
 /// `dst (m×n, row stride dst_rs, column stride 1) [+]= lhs (m×k) · rhs (k×n)`, operands at the
 /// strides of `l` and `r` inside `lhs` and `rhs`. Uses both threads when `parallel`.
 ///
@@ -99,6 +130,20 @@ pub unsafe fn sgemm(
     r: MatRef,
     parallel: bool,
 ) {
+    product(m, n, k, dst, dst_rs, accumulate, lhs, l, Rhs::Strided(rhs, r), parallel)
+}
+
+/// [`sgemm`] with a B that packs itself ([`PackB`]): `dst (m×n) [+]= lhs (m×k) · rhs (k×n)`.
+///
+/// # Safety
+/// As [`sgemm`] for `dst` and `lhs`; `rhs` must pack in-bounds data for every requested block.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_packed_rhs(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, lhs: &[f32], l: MatRef, rhs: &dyn PackB, parallel: bool) {
+    product(m, n, k, dst, dst_rs, accumulate, lhs, l, Rhs::Packer(rhs, 0), parallel)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn product(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, lhs: &[f32], l: MatRef, rhs: Rhs<'_>, parallel: bool) {
     debug_assert!(k >= 1 && m >= 1 && n >= 1);
     let threads = if parallel { rayon::current_num_threads() } else { 1 };
     let macs = m * n * k;
@@ -116,7 +161,7 @@ pub unsafe fn sgemm(
     // loops (the top-level split measured no better on the `small` step's 2048 × 512 × 512
     // products, and it repacks B per band); smaller ones split at the top (tiny step: 69–80 →
     // 67–72 ms, alternating runs).
-    let whole = Product { m, n, k, dst: SendPtr(dst), dst_rs, accumulate, lhs, l, rhs, r };
+    let whole = Product { m, n, k, dst: SendPtr(dst), dst_rs, accumulate, lhs, l, rhs };
     if tasks <= 1 || macs >= SPLIT_MAX_MACS {
         return whole.blocked(if tasks <= 1 { 1 } else { threads });
     }
@@ -142,27 +187,29 @@ struct Product<'a> {
     accumulate: bool,
     lhs: &'a [f32],
     l: MatRef,
-    rhs: &'a [f32],
-    r: MatRef,
+    rhs: Rhs<'a>,
 }
 
 impl Product<'_> {
     /// Rows (or, when `!rows`, columns) `start .. start + size` of the output as a product of
     /// its own.
     unsafe fn band(self, rows: bool, start: usize, size: usize) -> Self {
-        let (l, r) = (self.l, self.r);
+        let l = self.l;
         if rows {
             let l = MatRef { offset: (l.offset as isize + start as isize * l.rs) as usize, ..l };
             Product { m: size, dst: SendPtr(self.dst.get().offset(start as isize * self.dst_rs)), l, ..self }
         } else {
-            let r = MatRef { offset: (r.offset as isize + start as isize * r.cs) as usize, ..r };
-            Product { n: size, dst: SendPtr(self.dst.get().add(start)), r, ..self }
+            let rhs = match self.rhs {
+                Rhs::Strided(data, r) => Rhs::Strided(data, MatRef { offset: (r.offset as isize + start as isize * r.cs) as usize, ..r }),
+                Rhs::Packer(p, j0) => Rhs::Packer(p, j0 + start),
+            };
+            Product { n: size, dst: SendPtr(self.dst.get().add(start)), rhs, ..self }
         }
     }
 
     /// The blocked product on `threads` threads (1: entirely on the calling thread).
     unsafe fn blocked(self, threads: usize) {
-        let Product { m, n, k, dst, dst_rs, accumulate, lhs, l, rhs, r } = self;
+        let Product { m, n, k, dst, dst_rs, accumulate, lhs, l, rhs } = self;
         // Row blocks: at most MC rows, and enough blocks to keep every thread busy.
         let want_blocks = if threads > 1 { 3 * threads } else { 1 };
         let mc = (m.div_ceil(want_blocks).div_ceil(MR) * MR).clamp(MR, MC);
@@ -170,21 +217,26 @@ impl Product<'_> {
         // Equal column panels (8194 columns as 2 × 4097, not 4096 + 4096 + 2: every panel
         // repacks A), each a whole number of slivers.
         let nc_even = n.div_ceil(n.div_ceil(NC)).div_ceil(NR) * NR;
-        let mut bbuf = take_buf(&B_BUF, nc_even * k.min(KC));
+        let kc_all = slice_depth(k);
+        let mut bbuf = take_buf(&B_BUF, nc_even * kc_all);
         let lhs_ptr = lhs.as_ptr().add(l.offset);
-        let rhs_ptr = rhs.as_ptr().add(r.offset);
         for jc in (0..n).step_by(nc_even) {
             let nc = (n - jc).min(nc_even);
             let slivers = nc.div_ceil(NR);
-            for pc in (0..k).step_by(KC) {
-                let kc = (k - pc).min(KC);
+            for pc in (0..k).step_by(kc_all) {
+                let kc = (k - pc).min(kc_all);
                 let load_c = accumulate || pc > 0;
                 // Pack B[pc.., jc..] into slivers of NR columns.
                 {
-                    let b_at = SendPtr(rhs_ptr.offset(pc as isize * r.rs + jc as isize * r.cs) as *mut f32);
                     let pack = |s: usize, out: &mut [f32]| {
                         let cols = (nc - s * NR).min(NR);
-                        pack_b(kc, cols, b_at.get().offset((s * NR) as isize * r.cs), r.rs, r.cs, out);
+                        match rhs {
+                            Rhs::Strided(data, r) => {
+                                let at = data.as_ptr().add(r.offset).offset(pc as isize * r.rs + (jc + s * NR) as isize * r.cs);
+                                pack_b(kc, cols, at, r.rs, r.cs, out)
+                            }
+                            Rhs::Packer(p, j0) => p.pack(pc, kc, j0 + jc + s * NR, cols, out),
+                        }
                     };
                     let bslice = &mut bbuf[..slivers * NR * kc];
                     if threads > 1 && slivers >= 4 && kc * nc >= 1 << 15 {
@@ -199,7 +251,7 @@ impl Product<'_> {
                     let ic = ib * mc;
                     let rows = (m - ic).min(mc);
                     let asl = rows.div_ceil(MR);
-                    let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * KC);
+                    let mut abuf = take_buf(&A_BUF, MC.div_ceil(MR) * MR * kc_all);
                     if l.rs == 1 && l.cs != 1 {
                         pack_a_columns(kc, rows, a_at.get().add(ic), l.cs, &mut abuf[..asl * MR * kc]);
                     } else {
