@@ -12,7 +12,7 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
                 // One scalar per tensor crosses to the host, not the whole gradient.
                 crate::no_grad(|| g.to_dtype(crate::DType::F32)?.square()?.sum_all()?.to_scalar::<f64>())?
             } else {
-                g.to_vec::<f64>()?.iter().map(|v| v * v).sum::<f64>()
+                sum_squares_host(&g)?
             };
         }
     }
@@ -26,6 +26,17 @@ pub fn clip_grad_norm(params: &[Tensor], max_norm: f64) -> Result<f64> {
         }
     }
     Ok(norm)
+}
+
+/// Σ g² in f64 of a CPU tensor, without converting it to an f64 copy first (f32 and f64 read in
+/// place; the half types go through one conversion).
+fn sum_squares_host(g: &Tensor) -> Result<f64> {
+    use flamingo_kernels::cpu::reduce::sum_squares_f64;
+    match g.dtype() {
+        crate::DType::F32 => g.with_contiguous::<f32, _>("clip_grad_norm", sum_squares_f64),
+        crate::DType::F64 => g.with_contiguous::<f64, _>("clip_grad_norm", sum_squares_f64),
+        _ => Ok(sum_squares_f64(&g.to_vec::<f64>()?)),
+    }
 }
 
 /// Unit-wise norms: one per output unit (row over the fan-in) for tensors of rank ≥ 2, one for

@@ -147,9 +147,10 @@ impl super::sgemm::PackB for ImplicitCols<'_> {
             j += len;
         }
         let (mut ic, mut ky, mut kx) = (p0 / (geo.kh * geo.kw), p0 / geo.kw % geo.kh, p0 % geo.kw);
-        if nruns == 1 && cols == NR && sx == 1 && geo.kw <= MAX_FAST_KW {
-            // SAFETY: `ImplicitCols` is only built where AVX2 is available (the GEMM needs it).
-            unsafe { pack_one_row_run(self.x, geo, runs[0].0, runs[0].1, (ic, ky, kx), kc, out) };
+        if nruns <= MAX_FAST_RUNS && sx == 1 && geo.kw <= MAX_FAST_KW {
+            // SAFETY: `ImplicitCols` is only built where AVX2 is available (the GEMM needs it);
+            // the run count and kernel width are within the path's limits.
+            unsafe { pack_runs(self.x, geo, &runs[..nruns], (ic, ky, kx), kc, out) };
             return;
         }
         for dst in out[..kc * NR].chunks_exact_mut(NR) {
@@ -195,50 +196,61 @@ impl super::sgemm::PackB for ImplicitCols<'_> {
     }
 }
 
-/// Widest kernel the one-row sliver path handles (its per-`kx` masks live on the stack).
+/// Widest kernel, and most runs per sliver, that the masked-load path handles (its masks live on
+/// the stack: `MAX_FAST_RUNS · MAX_FAST_KW` pairs).
 #[cfg(target_arch = "x86_64")]
-const MAX_FAST_KW: usize = 16;
+const MAX_FAST_KW: usize = 8;
+#[cfg(target_arch = "x86_64")]
+const MAX_FAST_RUNS: usize = 4;
 
-/// [`ImplicitCols::pack`] for a sliver that is 16 consecutive columns of one output row `oy`
-/// (from `ox0`), stride 1 across: each packed row is then 16 consecutive input floats, read
-/// with two masked loads (masked lanes, outside the input row, read as zero and are not
-/// touched). Depth rows start at `(ic, ky, kx)`.
+/// [`ImplicitCols::pack`] at column stride 1 with masked AVX loads. The sliver's columns are
+/// `runs` (`(oy, first ox, length, first lane)`): stretches of one output row each, so each
+/// run's part of a packed row is consecutive input floats. A run loads 16 lanes starting its
+/// first lane's input column `first lane` floats early, masked to its own lanes and to the valid
+/// input columns (masked lanes read as zero and touch no memory); the runs' vectors are OR-ed
+/// together (their lanes do not overlap, so every value keeps its exact bits). Depth rows start at `(ic, ky, kx)`.
 ///
 /// # Safety
-/// AVX2 must be available; `x` holds the group's planes and `out` at least `kc·16` floats.
+/// AVX2 must be available; `x` holds the group's planes and `out` at least `kc·16` floats;
+/// `runs.len() ≤ MAX_FAST_RUNS`, `geo.kw ≤ MAX_FAST_KW`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_one_row_run(x: &[f32], geo: &ConvGeom, oy: usize, ox0: usize, start: (usize, usize, usize), kc: usize, out: &mut [f32]) {
+unsafe fn pack_runs(x: &[f32], geo: &ConvGeom, runs: &[(usize, usize, usize, usize)], start: (usize, usize, usize), kc: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
     let (mut ic, mut ky, mut kx) = start;
     let wo = geo.wo();
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let lanes_hi = _mm256_add_epi32(lanes, _mm256_set1_epi32(8));
-    // Per kx: the valid columns a..b of this run (relative to ox0) as two lane masks.
-    let mut masks = [(_mm256_setzero_si256(), _mm256_setzero_si256()); MAX_FAST_KW];
-    for (kxi, m) in masks.iter_mut().enumerate().take(geo.kw) {
-        let (lo, hi) = valid_ox(geo, kxi, wo);
-        let (a, b) = (lo.clamp(ox0, ox0 + 16) - ox0, hi.clamp(ox0, ox0 + 16) - ox0);
-        let (av, bv) = (_mm256_set1_epi32(a as i32 - 1), _mm256_set1_epi32(b as i32));
-        let inside = |l: __m256i| _mm256_and_si256(_mm256_cmpgt_epi32(l, av), _mm256_cmpgt_epi32(bv, l));
-        *m = (inside(lanes), inside(lanes_hi));
+    // Per (run, kx): the lanes whose input column is inside the row, as two lane masks.
+    let mut masks = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); MAX_FAST_KW]; MAX_FAST_RUNS];
+    for (r, &(_, ox0, len, jd)) in runs.iter().enumerate() {
+        for kxi in 0..geo.kw {
+            let (lo, hi) = valid_ox(geo, kxi, wo);
+            let (a, b) = (lo.clamp(ox0, ox0 + len) - ox0 + jd, hi.clamp(ox0, ox0 + len) - ox0 + jd);
+            let (av, bv) = (_mm256_set1_epi32(a as i32 - 1), _mm256_set1_epi32(b as i32));
+            let inside = |l: __m256i| _mm256_and_si256(_mm256_cmpgt_epi32(l, av), _mm256_cmpgt_epi32(bv, l));
+            masks[r][kxi] = (inside(lanes), inside(lanes_hi));
+        }
     }
     let (hw, w) = (geo.h * geo.w, geo.w as isize);
     let base = x.as_ptr();
     let o = out.as_mut_ptr();
     for p in 0..kc {
-        let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
-        let dst = o.add(p * 16);
-        if iy < 0 || iy >= geo.h as isize {
-            _mm256_storeu_ps(dst, _mm256_setzero_ps());
-            _mm256_storeu_ps(dst.add(8), _mm256_setzero_ps());
-        } else {
-            // Input column of lane 0: ox0 + kx − pad_left (may lie left of the row: masked).
-            let src = base.wrapping_offset((ic * hw) as isize + iy * w + ox0 as isize + kx as isize - geo.pad.2 as isize);
-            let (m0, m1) = masks[kx];
-            _mm256_storeu_ps(dst, _mm256_maskload_ps(src, m0));
-            _mm256_storeu_ps(dst.add(8), _mm256_maskload_ps(src.wrapping_add(8), m1));
+        let (mut v0, mut v1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (r, &(oy, ox0, _, jd)) in runs.iter().enumerate() {
+            let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
+            if iy < 0 || iy >= geo.h as isize {
+                continue;
+            }
+            // Input column of lane 0 for this run: ox0 − jd + kx − pad_left (masked outside).
+            let src = base.wrapping_offset((ic * hw) as isize + iy * w + ox0 as isize - jd as isize + kx as isize - geo.pad.2 as isize);
+            let (m0, m1) = masks[r][kx];
+            v0 = _mm256_or_ps(v0, _mm256_maskload_ps(src, m0));
+            v1 = _mm256_or_ps(v1, _mm256_maskload_ps(src.wrapping_add(8), m1));
         }
+        let dst = o.add(p * 16);
+        _mm256_storeu_ps(dst, v0);
+        _mm256_storeu_ps(dst.add(8), v1);
         kx += 1;
         if kx == geo.kw {
             kx = 0;
@@ -304,6 +316,7 @@ fn per_image<T: Send, S>(out: &mut [T], chunk: usize, cost: usize, init: impl Fn
 
 /// Whether the forward of `geo` runs as an implicit GEMM ([`ImplicitCols`] into our own GEMM):
 /// f32, a kernel that needs im2col, and products that our GEMM takes (see `gemm::use_ours`).
+/// (Routing even smaller serial products here measured no faster on the tiny step.)
 fn implicit_gemm<T: Float>(geo: &ConvGeom, parallel: bool) -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -25,6 +25,33 @@ pub fn sum_slice<T: Float>(x: &[T]) -> T {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + tail
 }
 
+/// Σ x², each element squared and summed in f64 (as a gradient-norm needs), over fixed chunks of
+/// [`SUM_SQ_CHUNK`] elements whose partial sums are added in order: the result does not depend on
+/// the thread count. Chunks run in parallel when the slice is large.
+pub fn sum_squares_f64<T: Float>(x: &[T]) -> f64 {
+    let chunk_sum = |c: &[T]| -> f64 {
+        let mut acc = [0f64; 4];
+        let quads = c.chunks_exact(4);
+        let rem = quads.remainder();
+        for q in quads {
+            for l in 0..4 {
+                let v = q[l].as_f64();
+                acc[l] += v * v;
+            }
+        }
+        let tail: f64 = rem.iter().map(|v| v.as_f64() * v.as_f64()).sum();
+        (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+    };
+    let mut partial = vec![0f64; x.len().div_ceil(SUM_SQ_CHUNK)];
+    for_each_chunk_mut(&mut partial, 1, x.len(), |i, out| {
+        out[0] = vectorized(#[inline(always)] || chunk_sum(&x[i * SUM_SQ_CHUNK..((i + 1) * SUM_SQ_CHUNK).min(x.len())]));
+    });
+    partial.iter().sum()
+}
+
+/// Elements per partial sum of [`sum_squares_f64`].
+pub const SUM_SQ_CHUNK: usize = 1 << 14;
+
 /// Max of a contiguous slice; NaN propagates. Empty slices give −∞.
 #[inline(always)]
 pub fn max_slice<T: Float>(x: &[T]) -> T {
@@ -87,6 +114,20 @@ pub fn max_mid<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, out: &mu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Matches a naive f64 sum of squares for lengths around the chunk size and the 4-lane
+    /// blocks, and gives the same bits on one thread as on the pool.
+    #[test]
+    fn sum_squares_matches_naive_and_threads() {
+        for n in [0, 1, 3, 4, 7, SUM_SQ_CHUNK - 1, SUM_SQ_CHUNK, SUM_SQ_CHUNK + 5, 5 * SUM_SQ_CHUNK + 3] {
+            let x: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1013) as f32 / 101.0 - 5.0).collect();
+            let want: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+            let got = sum_squares_f64(&x);
+            assert!((got - want).abs() <= 1e-12 * want.max(1.0), "n {n}: {got} vs {want}");
+            let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| sum_squares_f64(&x));
+            assert_eq!(one.to_bits(), got.to_bits(), "n {n}: thread count changed the result");
+        }
+    }
 
     #[test]
     fn sum_mid_inner_and_rows() {
