@@ -106,3 +106,22 @@ fn randn_is_seeded_and_roughly_standard() {
     let var = a.var(&[0], false, false).unwrap().to_scalar::<f64>().unwrap();
     assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.05, "mean {mean} var {var}");
 }
+
+/// `linear`'s weight gradient arrives in the weight's own (contiguous) layout, not as a
+/// transposed view, and equals Σ_r g[r, o]·x[r, i].
+#[test]
+fn linear_weight_gradient_is_contiguous_and_correct() {
+    let x = Tensor::from_vec((0..12).map(|i| i as f64 * 0.1 - 0.5).collect(), &[4, 3]).unwrap();
+    let w = Tensor::from_vec((0..6).map(|i| i as f64 * 0.2 - 0.4).collect(), &[2, 3]).unwrap().requires_grad_(true);
+    let g = Tensor::from_vec((0..8).map(|i| i as f64 - 3.0).collect(), &[4, 2]).unwrap();
+    x.linear(&w, None).unwrap().backward_with(&g).unwrap();
+    let gw = w.grad().unwrap();
+    assert_eq!(gw.strides(), &[3, 1], "weight gradient layout");
+    let (xv, gv, got) = (x.to_vec::<f64>().unwrap(), g.to_vec::<f64>().unwrap(), gw.to_vec::<f64>().unwrap());
+    for o in 0..2 {
+        for i in 0..3 {
+            let want: f64 = (0..4).map(|r| gv[r * 2 + o] * xv[r * 3 + i]).sum();
+            assert!((got[o * 3 + i] - want).abs() < 1e-12, "dW[{o}, {i}] = {} vs {want}", got[o * 3 + i]);
+        }
+    }
+}

@@ -38,9 +38,25 @@ fn matmul_backward() -> crate::autograd::BackwardFn {
         let (a, b) = (&inp[0], &inp[1]);
         // Frozen operands get no gradient and their weight-gradient product is skipped.
         let ga = if needs(inp, 0) { Some(g.matmul(&b.t()?)?.sum_to(a.shape())?) } else { None };
-        let gb = if needs(inp, 1) { Some(a.t()?.matmul(g)?.sum_to(b.shape())?) } else { None };
+        let gb = if !needs(inp, 1) {
+            None
+        } else if is_transposed_matrix(b) && a.rank() == 2 && g.rank() == 2 {
+            // b is Wᵀ for a contiguous W (`linear`): compute (gᵀ·a)ᵀ, so the transpose's own
+            // backward hands W a contiguous gradient. Aᵀ·g as a transposed view of a contiguous
+            // result would reach W as a transposed view, and every later pass over the gradient
+            // (clipping, the optimizer) would first copy it into W's layout. Same products, same
+            // summation order.
+            Some(g.t()?.matmul(a)?.t()?)
+        } else {
+            Some(a.t()?.matmul(g)?.sum_to(b.shape())?)
+        };
         Ok(vec![ga, gb])
     })
+}
+
+/// Whether `t` is a 2-D transposed view of a contiguous matrix (strides `[1, rows]`).
+fn is_transposed_matrix(t: &Tensor) -> bool {
+    t.rank() == 2 && t.shape()[0] > 1 && t.shape()[1] > 1 && t.strides() == [1, t.shape()[0]]
 }
 
 impl Tensor {
