@@ -74,6 +74,9 @@ pub fn copy_to_contiguous<T: Copy + Send + Sync>(src: Strided<'_, T>, shape: &[u
             let off = row_offset(&cs, &st[0], src.offset, row);
             if s == 1 {
                 out_row.copy_from_slice(&src.data[off..off + n]);
+            } else if s == 0 {
+                // A broadcast row (e.g. the gradient of a sum): one value, filled vectorised.
+                out_row.fill(src.data[off]);
             } else {
                 for (j, o) in out_row.iter_mut().enumerate() {
                     *o = src.data[off + j * s];
@@ -130,6 +133,17 @@ mod tests {
         let (s, st) = coalesce(&[5, 1, 7], &[&[0, 7, 1], &[7, 7, 1]]);
         assert_eq!(s, vec![5, 7]);
         assert_eq!(st, vec![vec![0, 1], vec![7, 1]]);
+    }
+
+    #[test]
+    fn broadcast_copy_fills_rows() {
+        let src = [7, 1, 2];
+        let mut dst = vec![0; 6];
+        // a [2, 3] view of one element, and of a column broadcast along rows
+        copy_to_contiguous(Strided { data: &src, offset: 0, strides: &[0, 0] }, &[2, 3], &mut dst);
+        assert_eq!(dst, vec![7; 6]);
+        copy_to_contiguous(Strided { data: &src, offset: 1, strides: &[1, 0] }, &[2, 3], &mut dst);
+        assert_eq!(dst, vec![1, 1, 1, 2, 2, 2]);
     }
 
     #[test]
