@@ -114,6 +114,37 @@ fn im2col<T: Float>(x: &[T], geo: &ConvGeom, g: usize, cols: &mut [T]) {
     }
 }
 
+/// One row of the im2col matrix: input channel (within the group) and kernel offset.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct DepthRow {
+    ic: usize,
+    ky: usize,
+    kx: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl DepthRow {
+    /// Row `p` (rows run over `kx`, then `ky`, then `ic`).
+    fn at(p: usize, geo: &ConvGeom) -> Self {
+        DepthRow { ic: p / (geo.kh * geo.kw), ky: p / geo.kw % geo.kh, kx: p % geo.kw }
+    }
+
+    /// The next row.
+    #[inline]
+    fn advance(&mut self, geo: &ConvGeom) {
+        self.kx += 1;
+        if self.kx == geo.kw {
+            self.kx = 0;
+            self.ky += 1;
+            if self.ky == geo.kh {
+                self.ky = 0;
+                self.ic += 1;
+            }
+        }
+    }
+}
+
 /// The im2col matrix of one group of one image (`[cg·kh·kw, ho·wo]`, as [`im2col`] builds it)
 /// as a GEMM operand that packs its slivers straight from the input planes: the implicit-GEMM
 /// convolution. Nothing of size k × l is written; each sliver is a few kB, built where the
@@ -146,15 +177,16 @@ impl super::sgemm::PackB for ImplicitCols<'_> {
             nruns += 1;
             j += len;
         }
-        let (mut ic, mut ky, mut kx) = (p0 / (geo.kh * geo.kw), p0 / geo.kw % geo.kh, p0 % geo.kw);
+        let mut at = DepthRow::at(p0, geo);
         if nruns <= MAX_FAST_RUNS && sx == 1 && geo.kw <= MAX_FAST_KW {
             // SAFETY: `ImplicitCols` is only built where AVX2 is available (the GEMM needs it);
             // the run count and kernel width are within the path's limits.
-            unsafe { pack_runs(self.x, geo, &runs[..nruns], (ic, ky, kx), kc, out) };
+            unsafe { pack_runs(self.x, geo, &runs[..nruns], at, kc, out) };
             return;
         }
         for dst in out[..kc * NR].chunks_exact_mut(NR) {
             dst[cols..].fill(0.0);
+            let DepthRow { ic, ky, kx } = at;
             let plane = &self.x[ic * hw..(ic + 1) * hw];
             for &(oy, ox0, len, jd) in &runs[..nruns] {
                 let seg = &mut dst[jd..jd + len];
@@ -183,15 +215,7 @@ impl super::sgemm::PackB for ImplicitCols<'_> {
                     }
                 }
             }
-            kx += 1;
-            if kx == geo.kw {
-                kx = 0;
-                ky += 1;
-                if ky == geo.kh {
-                    ky = 0;
-                    ic += 1;
-                }
-            }
+            at.advance(geo);
         }
     }
 }
@@ -208,28 +232,27 @@ const MAX_FAST_RUNS: usize = 4;
 /// run's part of a packed row is consecutive input floats. A run loads 16 lanes starting its
 /// first lane's input column `first lane` floats early, masked to its own lanes and to the valid
 /// input columns (masked lanes read as zero and touch no memory); the runs' vectors are OR-ed
-/// together (their lanes do not overlap, so every value keeps its exact bits). Depth rows start at `(ic, ky, kx)`.
+/// together (their lanes do not overlap, so every value keeps its exact bits). Depth rows start at `at`.
 ///
 /// # Safety
 /// AVX2 must be available; `x` holds the group's planes and `out` at least `kc·16` floats;
 /// `runs.len() ≤ MAX_FAST_RUNS`, `geo.kw ≤ MAX_FAST_KW`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pack_runs(x: &[f32], geo: &ConvGeom, runs: &[(usize, usize, usize, usize)], start: (usize, usize, usize), kc: usize, out: &mut [f32]) {
+unsafe fn pack_runs(x: &[f32], geo: &ConvGeom, runs: &[(usize, usize, usize, usize)], mut at: DepthRow, kc: usize, out: &mut [f32]) {
     use std::arch::x86_64::*;
-    let (mut ic, mut ky, mut kx) = start;
     let wo = geo.wo();
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     let lanes_hi = _mm256_add_epi32(lanes, _mm256_set1_epi32(8));
     // Per (run, kx): the lanes whose input column is inside the row, as two lane masks.
     let mut masks = [[(_mm256_setzero_si256(), _mm256_setzero_si256()); MAX_FAST_KW]; MAX_FAST_RUNS];
-    for (r, &(_, ox0, len, jd)) in runs.iter().enumerate() {
-        for kxi in 0..geo.kw {
+    for (run_masks, &(_, ox0, len, jd)) in masks.iter_mut().zip(runs) {
+        for (kxi, m) in run_masks.iter_mut().enumerate().take(geo.kw) {
             let (lo, hi) = valid_ox(geo, kxi, wo);
             let (a, b) = (lo.clamp(ox0, ox0 + len) - ox0 + jd, hi.clamp(ox0, ox0 + len) - ox0 + jd);
             let (av, bv) = (_mm256_set1_epi32(a as i32 - 1), _mm256_set1_epi32(b as i32));
             let inside = |l: __m256i| _mm256_and_si256(_mm256_cmpgt_epi32(l, av), _mm256_cmpgt_epi32(bv, l));
-            masks[r][kxi] = (inside(lanes), inside(lanes_hi));
+            *m = (inside(lanes), inside(lanes_hi));
         }
     }
     let (hw, w) = (geo.h * geo.w, geo.w as isize);
@@ -237,6 +260,7 @@ unsafe fn pack_runs(x: &[f32], geo: &ConvGeom, runs: &[(usize, usize, usize, usi
     let end = base.wrapping_add(x.len());
     let o = out.as_mut_ptr();
     for p in 0..kc {
+        let DepthRow { ic, ky, kx } = at;
         let (mut v0, mut v1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         for (r, &(oy, ox0, _, jd)) in runs.iter().enumerate() {
             let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
@@ -260,15 +284,7 @@ unsafe fn pack_runs(x: &[f32], geo: &ConvGeom, runs: &[(usize, usize, usize, usi
         let dst = o.add(p * 16);
         _mm256_storeu_ps(dst, v0);
         _mm256_storeu_ps(dst.add(8), v1);
-        kx += 1;
-        if kx == geo.kw {
-            kx = 0;
-            ky += 1;
-            if ky == geo.kh {
-                ky = 0;
-                ic += 1;
-            }
-        }
+        at.advance(geo);
     }
 }
 
