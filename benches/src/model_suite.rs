@@ -57,7 +57,7 @@ pub fn cases() -> Result<Vec<Case>> {
     let per_layer = 2.0 * (r * d * inner + (s + r) * d * 2.0 * inner + r * inner * d) + 2.0 * 2.0 * r * (s + r) * inner + 2.0 * 2.0 * r * d * 4.0 * d;
     let flops = 3.0 * n * per_layer * pc.depth as f64;
     let xs = x.clone();
-    v.push(Case { name: "perceiver_fwd_bwd", shape: "8x4x16x512".into(), dtype: DType::F32, flops, run: Box::new(move || fwd_bwd(&s2, &[xs.clone()], || per.forward(&s2, &xs))) });
+    v.push(Case { name: "perceiver_fwd_bwd", shape: "8x4x16x512".into(), dtype: DType::F32, flops, run: Box::new(move || fwd_bwd(&s2, std::slice::from_ref(&xs), || per.forward(&s2, &xs))) });
 
     // 3. Gated cross-attention block: 256 tokens attend to 4 images × 64 visual tokens.
     let xc = XAttnConfig { dim: 512, dim_visual: 512, heads: 8, dim_head: 64, ff_mult: 4, media_attention: MediaAttention::Immediate, gate_init: 0.0 };
@@ -101,7 +101,7 @@ pub fn cases() -> Result<Vec<Case>> {
         dtype: DType::F32,
         flops,
         run: Box::new(move || {
-            fwd_bwd(&s4, &[hs.clone()], || {
+            fwd_bwd(&s4, std::slice::from_ref(&hs), || {
                 let mut h = hs.clone();
                 for i in 0..8 {
                     h = lm.block_cached(&s4, i, &h, None)?;

@@ -79,26 +79,6 @@ pub(crate) fn give<T: Pooled>(v: Vec<T>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A given-back buffer of a length comes back for that length (and only that length), and
-    /// the byte count follows.
-    #[test]
-    fn buffers_come_back_by_exact_length() {
-        let n = MIN_LEN + 12345; // a length no other test uses
-        let mut v = vec![1.5f32; n];
-        v[7] = 2.5;
-        let ptr = v.as_ptr();
-        give(v);
-        assert!(take::<f32>(n + 1).as_ptr() != ptr);
-        let back = take::<f32>(n);
-        assert_eq!(back.as_ptr(), ptr, "the cached buffer is reused");
-        assert_eq!(back[7], 2.5, "contents are left as they were");
-        assert_eq!(take::<f32>(n)[0], 0.0, "a miss is zeroed memory");
-    }
-}
 
 /// Tunes glibc's allocator for this workload (call once at program start; a no-op elsewhere).
 ///
@@ -115,5 +95,27 @@ pub fn tune_allocator() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A given-back buffer of a length comes back for that length (and only that length), and
+    /// the byte count follows.
+    #[test]
+    fn buffers_come_back_by_exact_length() {
+        let n = MIN_LEN + 12345; // a length no other test uses
+        let mut v = vec![1.5f32; n];
+        v[7] = 2.5;
+        let ptr = v.as_ptr();
+        give(v);
+        let other = take::<f32>(n + 1);
+        assert!(other.as_ptr() != ptr, "a buffer of another length is not handed out");
+        let back = take::<f32>(n);
+        assert_eq!(back.as_ptr(), ptr, "the cached buffer is reused");
+        assert_eq!(back[7], 2.5, "contents are left as they were");
+        assert_eq!(take::<f32>(n)[0], 0.0, "a miss is zeroed memory");
     }
 }

@@ -294,8 +294,7 @@ impl Flamingo {
         let mut out = Vec::with_capacity(b * (l - 1));
         for row in v.chunks(l) {
             let first_media = row.iter().position(|&x| x == self.media_token_id()).unwrap_or(l);
-            for pos in 1..l {
-                let id = row[pos];
+            for (pos, &id) in row.iter().enumerate().skip(1) {
                 let skip = Some(id) == pad_id || id == self.media_token_id() || (interleaved && pos < first_media);
                 out.push(if skip { -100 } else { id });
             }

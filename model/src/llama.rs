@@ -68,7 +68,7 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 
 impl Llama {
     pub fn new(store: &mut ParamStore, init: &mut Init, prefix: &str, cfg: &LlamaConfig) -> Result<Llama> {
-        if cfg.num_attention_heads % cfg.num_key_value_heads != 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if !cfg.num_attention_heads.is_multiple_of(cfg.num_key_value_heads) || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads) {
             return Err(Error::Msg(format!(
                 "llama: {} heads must be a multiple of {} key/value heads and divide hidden size {}",
                 cfg.num_attention_heads, cfg.num_key_value_heads, cfg.hidden_size

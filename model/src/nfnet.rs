@@ -184,8 +184,11 @@ pub fn parameter_shapes(cfg: &NfNetConfig) -> Result<Vec<(String, Vec<usize>)>> 
     Ok(v)
 }
 
-/// `(in, mid, out, stride, groups, has_downsample)` of every block, in order.
-pub fn block_geometry(cfg: &NfNetConfig) -> Result<Vec<(usize, usize, usize, usize, usize, bool)>> {
+/// `(in, mid, out, stride, groups, has_downsample)` of one block.
+pub type BlockGeometry = (usize, usize, usize, usize, usize, bool);
+
+/// [`BlockGeometry`] of every block, in order.
+pub fn block_geometry(cfg: &NfNetConfig) -> Result<Vec<BlockGeometry>> {
     Ok(plan(cfg)?.into_iter().map(|b| (b.in_chs, b.mid, b.out, b.stride, b.groups, b.downsample)).collect())
 }
 

@@ -43,6 +43,7 @@ fn media_rows(b: usize, l: usize, m: usize, rng: &mut Rng) -> Tensor {
     Tensor::from_vec(t, &[b, l]).unwrap()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check_xattn(b: usize, l: usize, m: usize, r: usize, h: usize, d: usize, all_previous: bool, seed: u64) {
     let mut rng = Rng::new(seed);
     let (q, k, v) = (randn(&[b, l, h, d], &mut rng), randn(&[b, m, r, h, d], &mut rng), randn(&[b, m, r, h, d], &mut rng));

@@ -70,7 +70,7 @@ fn invariant_1_zero_gates_give_the_frozen_lm_bit_for_bit() {
 
 fn check_zero_gates(store: &ParamStore, model: &Flamingo) {
     let store = store.clone();
-    let ids = ids(&model);
+    let ids = ids(model);
     let lm = model.forward_lm_only(&store, &ids).unwrap();
     for seed in [2, 3] {
         let media = model.encode_media(&store, &features(seed)).unwrap();
@@ -105,12 +105,12 @@ fn invariant_2_each_token_sees_only_its_image() {
             }
             let changed = attn.forward(&store, &y, &Tensor::from_vec(mv, &[1, 3, 4, 12]).unwrap(), &t).unwrap().to_vec::<f32>().unwrap();
             let tv = t.to_vec::<f32>().unwrap();
-            for l in 0..9 {
+            for (l, &tl) in tv.iter().enumerate().take(9) {
                 let sees = match mode {
-                    MediaAttention::Immediate => tv[l] as usize == j + 1,
-                    MediaAttention::AllPrevious => tv[l] as usize >= j + 1,
+                    MediaAttention::Immediate => tl as usize == j + 1,
+                    MediaAttention::AllPrevious => tl as usize > j,
                 };
-                assert_eq!(row(&base, l) != row(&changed, l), sees, "{mode:?}: medium {} and token {l} (t = {})", j + 1, tv[l]);
+                assert_eq!(row(&base, l) != row(&changed, l), sees, "{mode:?}: medium {} and token {l} (t = {tl})", j + 1);
             }
         }
     }

@@ -215,7 +215,7 @@ impl Gpt2Tokenizer {
         self.specials.push((content.to_string(), id));
         self.size = self.size.max(id as usize + 1);
         self.cache.get_mut().unwrap_or_else(|e| e.into_inner()).clear();
-        self.specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.specials.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
     }
 
     /// Adds special tokens (e.g. OpenFlamingo's `<image>` and `<|endofchunk|>`): each one that is

@@ -150,7 +150,7 @@ pub fn evaluate(setup: &Setup, cfg: &EvalConfig, progress: bool) -> Result<EvalR
     };
     let feats = &setup.eval_image_features;
     for attr in [Attribute::Colour, Attribute::Shape] {
-        let task = format!("binding_heldout_{}", attr.name().replace("colour", "colour"));
+        let task = format!("binding_heldout_{}", attr.name());
         for &ways in &cfg.binding_ways {
             for &shots in &cfg.shots {
                 let mut rng = Rng::new(cfg.seed ^ (ways as u64 * 1000 + shots as u64) ^ (attr as u64) << 20);

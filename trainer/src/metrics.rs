@@ -246,7 +246,7 @@ impl Cider {
                 let rv = tf_idf(r, &df, log_n_docs);
                 let delta = hyp.length - rv.length;
                 let penalty = std::f64::consts::E.powf(-(delta * delta) / two_sigma_sq);
-                for k in 0..self.n {
+                for (k, acc) in per_order.iter_mut().enumerate() {
                     let mut val = 0.0;
                     for &(g, h) in &hyp.entries[k] {
                         let rr = rv.lookup[k].get(g).copied().unwrap_or(0.0);
@@ -256,7 +256,7 @@ impl Cider {
                     if hyp.norm[k] != 0.0 && rv.norm[k] != 0.0 {
                         val /= hyp.norm[k] * rv.norm[k];
                     }
-                    per_order[k] += val * penalty;
+                    *acc += val * penalty;
                 }
             }
             let mean_over_orders = per_order.iter().sum::<f64>() / self.n as f64;

@@ -297,7 +297,7 @@ impl<T: Copy + 'static> KernelArg for T {
 
 /// Boxes kernel arguments: `args![n, x_ptr, y_ptr]`.
 macro_rules! args {
-    ($($a:expr),* $(,)?) => { vec![$(Box::new($a) as Box<dyn $crate::cuda::KernelArg>),*] };
+    ($($a:expr),* $(,)?) => { [$(Box::new($a) as Box<dyn $crate::cuda::KernelArg>),*] };
 }
 pub(crate) use args;
 

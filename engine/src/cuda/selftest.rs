@@ -201,7 +201,7 @@ fn rel_err(a: &Tensor, b: &Tensor) -> Result<f64> {
     let scale = av.iter().fold(1.0f64, |m, x| m.max(x.abs()));
     let mut worst = 0.0f64;
     for (x, y) in av.iter().zip(&bv) {
-        let d = if x.is_nan() && y.is_nan() { 0.0 } else if x == y { 0.0 } else { (x - y).abs() };
+        let d = if (x.is_nan() && y.is_nan()) || x == y { 0.0 } else { (x - y).abs() };
         worst = worst.max(if d.is_nan() { f64::INFINITY } else { d });
     }
     Ok(worst / scale)

@@ -25,6 +25,7 @@ fn binary_kernel<T: FloatElement>(op: BinaryOp, a: &Tensor, b: &Tensor, shape: &
 }
 
 /// Mask `f(a, b)` as 0/1 in the inputs' dtype, broadcast. Not differentiable.
+#[allow(clippy::unnecessary_cast)] // `x as f64` is a no-op only in the f64 arm of `with_float_type!`
 fn compare(a: &Tensor, b: &Tensor, name: &'static str, f: fn(f64, f64) -> bool) -> Result<Tensor> {
     same_kind(name, a, b)?;
     if a.device().is_cuda() {

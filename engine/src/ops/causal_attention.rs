@@ -25,7 +25,7 @@ fn head_strides(t: &Tensor) -> Option<HeadStrides> {
 /// Checks rotary tables `[rows, 1, L, D]` (rows 1 or B) against the problem.
 fn check_rope(op: &'static str, s: &CausalShape, q: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<()> {
     let ok = |t: &Tensor| t.rank() == 4 && (t.shape()[0] == 1 || t.shape()[0] == s.b) && t.shape()[1] == 1 && t.shape()[2] == s.l && t.shape()[3] == s.d;
-    if !ok(cos) || cos.shape() != sin.shape() || s.d % 2 != 0 {
+    if !ok(cos) || cos.shape() != sin.shape() || !s.d.is_multiple_of(2) {
         return Err(Error::shape_mismatch(op, q.shape(), cos.shape(), "rotary cos/sin must both be [1 or B, 1, L, D] with D even"));
     }
     if cos.device() != q.device() || sin.device() != q.device() {

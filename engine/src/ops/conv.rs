@@ -91,7 +91,10 @@ impl Tensor {
             let mut out = crate::pool::take::<T>(out_shape.iter().product());
             self.with_contiguous::<T, _>(NAME, |xs| weight.with_contiguous::<T, _>(NAME, |ws| match bias {
                 Some(b) => b.with_contiguous::<T, _>(NAME, |bs| k::conv2d(xs, ws, Some(bs), &geo, &mut out)),
-                None => Ok(k::conv2d(xs, ws, None, &geo, &mut out)),
+                None => {
+                    k::conv2d(xs, ws, None, &geo, &mut out);
+                    Ok(())
+                }
             }))???;
             Ok(Tensor::op_result(out, &out_shape, NAME, &inputs, |_| {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {

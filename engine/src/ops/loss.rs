@@ -8,6 +8,7 @@ impl Tensor {
     /// Mean cross-entropy of `self` (logits `[..., classes]`) against i64 `targets` (`[...]`),
     /// over the targets not equal to `ignore_index`; `label_smoothing` as in PyTorch. Fused: the
     /// probabilities are never stored. If every target is ignored the result is NaN (as PyTorch).
+    #[allow(clippy::unnecessary_cast)] // `l as f64` is a no-op only in the f64 arm of `with_float_type!`
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>, label_smoothing: f64) -> Result<Tensor> {
         const NAME: &str = "cross_entropy";
         float_only(NAME, self)?;

@@ -12,6 +12,9 @@ pub fn available() -> bool {
 }
 
 /// e^x on 8 lanes: the same range reduction and degree-7 polynomial as `float::exp_f32`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[inline]
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp8(x: __m256) -> __m256 {
@@ -51,6 +54,9 @@ unsafe fn one_plus_erf8(x: __m256) -> __m256 {
 }
 
 /// `out = x · (1 + erf(x/√2)) / 2` (exact GELU).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
     let n = x.len().min(out.len());
@@ -67,6 +73,9 @@ pub unsafe fn gelu(x: &[f32], out: &mut [f32]) {
 }
 
 /// GELU backward: `dx = g · (Φ(x) + x·φ(x))`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn gelu_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
     let n = dx.len();
@@ -88,6 +97,9 @@ pub unsafe fn gelu_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
 }
 
 /// `out[i] = e^(x[i] − m)`; returns Σ out (8 lanes summed in a fixed order).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn exp_sub_sum(x: &[f32], m: f32, out: &mut [f32]) -> f32 {
     let n = x.len();
@@ -111,6 +123,9 @@ pub unsafe fn exp_sub_sum(x: &[f32], m: f32, out: &mut [f32]) -> f32 {
 }
 
 /// `(Σ (x − s), Σ (x − s)²)` with 8 lanes combined in a fixed order (layer-norm statistics).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn shifted_sums(x: &[f32], shift: f32) -> (f32, f32) {
     let n = x.len();
@@ -138,6 +153,9 @@ pub unsafe fn shifted_sums(x: &[f32], shift: f32) -> (f32, f32) {
 }
 
 /// Max of a slice (NaN-propagating is not needed here: callers handle NaN rows by the result).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
 #[target_feature(enable = "avx2,fma")]
 pub unsafe fn max(x: &[f32]) -> f32 {
     let n = x.len();
@@ -154,6 +172,41 @@ pub unsafe fn max(x: &[f32]) -> f32 {
         m = m.max(v);
     }
     m
+}
+
+/// Transposes 8 rows of 8 floats (the GEMM's packing and the cross-attention's K transposes).
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`available`]).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+pub unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(s0, s4),
+        _mm256_permute2f128_ps::<0x20>(s1, s5),
+        _mm256_permute2f128_ps::<0x20>(s2, s6),
+        _mm256_permute2f128_ps::<0x20>(s3, s7),
+        _mm256_permute2f128_ps::<0x31>(s0, s4),
+        _mm256_permute2f128_ps::<0x31>(s1, s5),
+        _mm256_permute2f128_ps::<0x31>(s2, s6),
+        _mm256_permute2f128_ps::<0x31>(s3, s7),
+    ]
 }
 
 #[cfg(test)]
@@ -184,36 +237,4 @@ mod tests {
         assert_eq!(&o[..4], &[0.0, 0.0, 1.0, f32::INFINITY]);
         assert!(o[4].is_nan());
     }
-}
-
-/// Transposes 8 rows of 8 floats (the GEMM's packing and the cross-attention's K transposes).
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-pub unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
-    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-    let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-    let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-    let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-    let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-    let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-    let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-    let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-    let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-    [
-        _mm256_permute2f128_ps::<0x20>(s0, s4),
-        _mm256_permute2f128_ps::<0x20>(s1, s5),
-        _mm256_permute2f128_ps::<0x20>(s2, s6),
-        _mm256_permute2f128_ps::<0x20>(s3, s7),
-        _mm256_permute2f128_ps::<0x31>(s0, s4),
-        _mm256_permute2f128_ps::<0x31>(s1, s5),
-        _mm256_permute2f128_ps::<0x31>(s2, s6),
-        _mm256_permute2f128_ps::<0x31>(s3, s7),
-    ]
 }

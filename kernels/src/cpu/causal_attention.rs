@@ -76,7 +76,7 @@ fn check(s: &CausalShape, what: &str, len: usize, st: &HeadStrides, heads: usize
 }
 
 fn check_shape(s: &CausalShape) -> Result<(), String> {
-    if s.kvh == 0 || s.h % s.kvh != 0 {
+    if s.kvh == 0 || !s.h.is_multiple_of(s.kvh) {
         return Err(format!("{} query heads are not a multiple of {} key/value heads", s.h, s.kvh));
     }
     Ok(())
@@ -95,7 +95,7 @@ pub struct Rope<'a> {
 
 impl Rope<'_> {
     fn check(&self, s: &CausalShape) -> Result<(), String> {
-        if s.d % 2 != 0 {
+        if !s.d.is_multiple_of(2) {
             return Err(format!("rotary embedding needs an even head dim, got {}", s.d));
         }
         let need = if s.b == 0 { 0 } else { (s.b - 1) * self.row_stride + s.l * s.d };
@@ -160,6 +160,7 @@ thread_local! {
 ///
 /// # Safety
 /// The destination rows must be in bounds and written by no one else.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn scatter(src: &[f32], dst: *mut f32, st: &HeadStrides, b: usize, h: usize, i0: usize, l: usize, d: usize) {
     let base = dst.add(st.at(b, h, i0));

@@ -35,13 +35,10 @@ pub fn gated_residual_backward<T: Float>(g: &[T], f: &[T], gate: T, df: Option<&
         vectorized(#[inline(always)] || {
             let mut acc = [T::zero(); 8];
             let n8 = gc.len() / 8 * 8;
-            match dc {
-                Some(dc) => {
-                    for i in 0..gc.len() {
-                        dc[i] = gate * gc[i];
-                    }
+            if let Some(dc) = dc {
+                for i in 0..gc.len() {
+                    dc[i] = gate * gc[i];
                 }
-                None => {}
             }
             for i in (0..n8).step_by(8) {
                 for l in 0..8 {

@@ -348,7 +348,7 @@ unsafe fn pack_a_rows(kc: usize, a: *const f32, rs: isize, out: &mut [f32]) {
 #[inline]
 unsafe fn pack_a_columns(kc: usize, rows: usize, a: *const f32, cs: isize, out: &mut [f32]) {
     let slivers = rows.div_ceil(MR);
-    if rows % MR != 0 {
+    if !rows.is_multiple_of(MR) {
         out[(slivers - 1) * MR * kc..slivers * MR * kc].fill(0.0);
     }
     let o = out.as_mut_ptr();

@@ -65,6 +65,7 @@ pub fn sample(tok: &WordTokenizer, words: &WordPools, cfg: &LmStageConfig, rng: 
 /// Held-out-word text binding accuracy (`ways`-way, `shots` per class, `n` episodes): the answer
 /// counts when both of its tokens are the argmax given the prompt (teacher-forced, which equals
 /// greedy decoding whenever the first token is right).
+#[allow(clippy::too_many_arguments)]
 pub fn binding_accuracy(lm: &Lm, p: &ParamStore, tok: &WordTokenizer, words: &WordPools, attr: Attribute, ways: usize, shots: usize, n: usize, seed: u64) -> Result<f64> {
     let mut rng = Rng::new(seed);
     let eps: Vec<(Vec<i64>, usize)> = (0..n).map(|_| text_binding(tok, attr, ways, ways * shots, &words.heldout, &mut rng)).collect();

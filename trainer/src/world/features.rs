@@ -27,11 +27,7 @@ impl Features {
     }
 
     pub fn len(&self) -> usize {
-        if self.tokens * self.dim == 0 {
-            0
-        } else {
-            self.data.len() / (self.tokens * self.dim)
-        }
+        self.data.len().checked_div(self.tokens * self.dim).unwrap_or(0)
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0

@@ -101,6 +101,7 @@ pub fn text_caption(tok: &WordTokenizer, rng: &mut Rng) -> Vec<i64> {
 /// images. The query's class was shown in the support set (when `n_support ≥ 1`). With
 /// `fix_other`, the attribute that is not the key (shape for colour keys, colour for shape keys)
 /// is the same in every image of the document; otherwise it varies freely.
+#[allow(clippy::too_many_arguments)]
 pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support: usize, pool: &[[usize; 2]], images: &ImagePool, fix_other: bool, rng: &mut Rng) -> Doc {
     let words = WordPools::draw(pool, ways, rng);
     let classes = distinct_classes(attr, ways, rng);
