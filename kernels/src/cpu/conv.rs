@@ -378,6 +378,7 @@ fn conv2d_with<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom, o
                 if let (Some(xf), Some(wf), Some(dst)) = (super::float::as_f32(xb), super::float::as_f32(w), super::float::as_f32_mut(dst)) {
                     let plane = geo.h * geo.w;
                     let src = ImplicitCols { x: &xf[g * geo.cg() * plane..(g + 1) * geo.cg() * plane], geo };
+                    let _timer = super::gemm::stats::Timer::start_as(og, l, k, "implicit", nested_parallel);
                     // SAFETY: `implicit` implies AVX2+FMA (use_ours); dst is this group's og×l
                     // output block; the weights are read-only and in bounds.
                     unsafe {

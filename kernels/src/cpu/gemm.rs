@@ -212,7 +212,16 @@ pub mod stats {
             if !enabled() {
                 return Timer(None);
             }
-            Timer(Some(((m, n, k, layout(l, r, dst_rs), parallel), Instant::now())))
+            Timer::start_as(m, n, k, layout(l, r, dst_rs), parallel)
+        }
+
+        /// As [`Timer::start`], for products that do not go through `gemm_raw` (the implicit-GEMM
+        /// convolution), listed under their own `layout` label.
+        pub(crate) fn start_as(m: usize, n: usize, k: usize, layout: &'static str, parallel: bool) -> Timer {
+            if !enabled() {
+                return Timer(None);
+            }
+            Timer(Some(((m, n, k, layout, parallel), Instant::now())))
         }
     }
 
