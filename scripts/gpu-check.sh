@@ -98,6 +98,7 @@ run)
         grep -E "FAIL" "$out/selftest.txt" | head -40 || true
         grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
         grep -E "masked_xattn" "$out/bench.txt" || true
+        grep -E "conv3x3_" "$out/bench.txt" || true
         grep -E "^torch_|^train_step" "$out/torch_xattn.txt" || true
         grep -E "train_step" "$out/bench.txt" || true
         cat "$out/kernels.txt" 2>/dev/null || true

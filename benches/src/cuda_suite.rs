@@ -7,6 +7,10 @@
 //!   `add_f32` and `gelu_f32` (engine elementwise ops): GB/s counts bytes read plus written.
 //! - `softmax_f32`, `layer_norm_f32`, `cross_entropy_f32`: the row kernels at LM sizes.
 //!
+//! - `conv3x3_{im2col,implicit}[_large]`: a 3×3 convolution forward + backward (x and w
+//!   gradients) with im2col + cuBLAS or with the implicit-GEMM kernels (kernels/cuda/conv.cu), at
+//!   the fused suite's WS-conv shape and at one that fills the card.
+//!
 //! - `train_step_{tiny,small}_cuda`: the fused suite's Flamingo training steps with parameters
 //!   and images on the GPU (tokens per step in the flops column).
 //!
@@ -106,7 +110,38 @@ fn cases(dev: Device) -> flamingo_engine::Result<Vec<GpuCase>> {
         }),
     });
     xattn_cases(dev, &mut v)?;
+    conv_cases(dev, &mut v)?;
     Ok(v)
+}
+
+/// 3×3 convolution (pad 1) forward + backward on the GPU, f32, with each algorithm.
+fn conv_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()> {
+    use flamingo_engine::cuda::{with_conv_algo, ConvAlgo};
+    use flamingo_engine::ConvParams;
+    for (tag, x_shape, w_shape, groups) in [("", [8usize, 64, 16, 16], [64usize, 32, 3, 3], 2usize), ("_large", [32, 128, 32, 32], [128, 128, 3, 3], 1)] {
+        for (algo, name) in [(ConvAlgo::Im2col, "conv3x3_im2col"), (ConvAlgo::Implicit, "conv3x3_implicit")] {
+            let name: &'static str = Box::leak(format!("{name}{tag}").into_boxed_str());
+            let x = rand(&x_shape, DType::F32, dev, 11)?.requires_grad_(true);
+            let w = rand(&w_shape, DType::F32, dev, 12)?.requires_grad_(true);
+            let params = ConvParams::new(1, 1).with_groups(groups);
+            let macs = (x_shape[0] * w_shape[0] * x_shape[2] * x_shape[3] * w_shape[1] * 9) as f64;
+            v.push(GpuCase {
+                name,
+                shape: format!("{}x{}x{}x{}->{}g{groups}", x_shape[0], x_shape[1], x_shape[2], x_shape[3], w_shape[0]),
+                dtype: DType::F32,
+                flops: 3.0 * 2.0 * macs,
+                bytes: 0.0,
+                run: Box::new(move || {
+                    let y = with_conv_algo(algo, || x.conv2d(&w, None, &params))?;
+                    y.sum_all()?.backward()?;
+                    x.zero_grad();
+                    w.zero_grad();
+                    raw::synchronize(dev)
+                }),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Masked cross-attention forward + backward on the GPU (the fused kernels in f32, in bf16 on the

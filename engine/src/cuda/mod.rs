@@ -20,6 +20,51 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
 
+/// How convolutions run on a GPU (f32).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvAlgo {
+    /// im2col / col2im buffers and cuBLAS GEMMs (the default: the path measured on an H200).
+    Im2col,
+    /// The implicit-GEMM kernels of kernels/cuda/conv.cu, which read x, w and dy in place (no
+    /// im2col buffer). Checked on the CPU through kernels/cuda/emu; opt in with
+    /// `FLAMINGO_CUDA_CONV=implicit` or [`with_conv_algo`].
+    Implicit,
+}
+
+thread_local! {
+    static CONV_ALGO_OVERRIDE: std::cell::Cell<Option<ConvAlgo>> = const { std::cell::Cell::new(None) };
+}
+
+/// The convolution algorithm for a convolution started now on this thread: the innermost
+/// [`with_conv_algo`], else `FLAMINGO_CUDA_CONV` (`implicit` or `im2col`), else
+/// [`ConvAlgo::Im2col`]. A convolution's backward uses the algorithm of its forward.
+pub fn conv_algo() -> ConvAlgo {
+    static FROM_ENV: OnceLock<ConvAlgo> = OnceLock::new();
+    CONV_ALGO_OVERRIDE.with(|c| c.get()).unwrap_or_else(|| {
+        *FROM_ENV.get_or_init(|| match std::env::var("FLAMINGO_CUDA_CONV").as_deref() {
+            Ok("implicit") => ConvAlgo::Implicit,
+            Ok("im2col") | Err(_) => ConvAlgo::Im2col,
+            Ok(other) => {
+                eprintln!("flamingo: FLAMINGO_CUDA_CONV={other:?} is neither \"implicit\" nor \"im2col\"; using im2col");
+                ConvAlgo::Im2col
+            }
+        })
+    })
+}
+
+/// Runs `f` with GPU convolutions (started on this thread) using `algo`.
+pub fn with_conv_algo<T>(algo: ConvAlgo, f: impl FnOnce() -> T) -> T {
+    let prev = CONV_ALGO_OVERRIDE.with(|c| c.replace(Some(algo)));
+    struct Restore(Option<ConvAlgo>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CONV_ALGO_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
 /// What [`probe`] found about one GPU.
 #[derive(Clone, Debug)]
 pub struct GpuInfo {
@@ -122,6 +167,11 @@ impl Gpu {
     /// The `sm_XY` the kernels are compiled for.
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// Streaming multiprocessors of this GPU.
+    pub fn multiprocessors(&self) -> usize {
+        self.info.multiprocessors.max(1) as usize
     }
 
     /// Waits for all queued work.

@@ -1,7 +1,7 @@
 //! Raw CUDA computations on tensors whose storage is on a GPU. Each returns new storage; the
 //! engine's ops (`crate::ops`) wrap them with shapes and autograd, exactly as they wrap the CPU
 //! kernels. Float kernels compute in f32; bf16 is native in copies, elementwise ops and GEMMs.
-use super::{args, CudaStorage, Gpu};
+use super::{args, ConvAlgo, CudaStorage, Gpu};
 use crate::layout::Layout;
 use crate::storage::Storage;
 use crate::{DType, Error, Result, Tensor};
@@ -657,13 +657,33 @@ fn im2col(gpu: &Arc<Gpu>, q: ConvGeomC, gi: usize, xp: u64) -> Result<CudaStorag
     Ok(col)
 }
 
-/// Forward convolution (f32): im2col + one batched GEMM per group, bias in a second pass.
-pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+/// Threads per block of the implicit-GEMM conv kernels (IC_THREADS in conv.cu), and their tile.
+const IC_THREADS: u32 = 256;
+const IC_TILE: usize = 64;
+
+/// Blocks of `n` tiles (as u32, or an error naming the op when the grid would not fit).
+fn ic_grid(op: &str, blocks: usize) -> Result<u32> {
+    u32::try_from(blocks).map_err(|_| Error::Msg(format!("{op}: {blocks} blocks do not fit a CUDA grid")))
+}
+
+/// Forward convolution (f32): with [`ConvAlgo::Im2col`], im2col + one batched GEMM per group and
+/// the bias in a second pass; with [`ConvAlgo::Implicit`], one implicit-GEMM launch for every
+/// image and group, bias included.
+pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geo: &flamingo_kernels::cpu::conv::ConvGeom, algo: ConvAlgo) -> Result<CudaStorage> {
     const OP: &str = "conv2d";
     f32_only(OP, x)?;
     let (gpu, xp, _kx) = contig(x, OP)?;
     let (_, wp, _kw) = contig(w, OP)?;
     let q = geom_c(geo);
+    if algo == ConvAlgo::Implicit {
+        let (og, l) = (geo.o / geo.groups, geo.ho() * geo.wo());
+        let out = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.o * l)?;
+        let bias = bias.map(|b| contig(b, OP)).transpose()?;
+        let bp = bias.as_ref().map_or(0u64, |b| b.1);
+        let blocks = ic_grid(OP, geo.n * geo.groups * og.div_ceil(IC_TILE) * l.div_ceil(IC_TILE))?;
+        gpu.launch("conv", "conv_implicit_fwd_f32", blocks, IC_THREADS, &mut args![q, xp, wp, bp, out.ptr])?;
+        return Ok(out);
+    }
     let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
     let out = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.o * l)?;
     for gi in 0..geo.groups {
@@ -680,12 +700,20 @@ pub(crate) fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, geo: &flamin
     Ok(out)
 }
 
-/// dx of a convolution: per group, dcol = W_gᵀ·dy (batched), then col2im.
-pub(crate) fn conv2d_backward_input(g: &Tensor, w: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+/// dx of a convolution: per group, dcol = W_gᵀ·dy (batched), then col2im; or one implicit-GEMM
+/// launch that gathers dy and w in place.
+pub(crate) fn conv2d_backward_input(g: &Tensor, w: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom, algo: ConvAlgo) -> Result<CudaStorage> {
     const OP: &str = "conv2d_backward";
     let (gpu, gp, _kg) = contig(g, OP)?;
     let (_, wp, _kw) = contig(w, OP)?;
     let q = geom_c(geo);
+    if algo == ConvAlgo::Implicit {
+        let (cg, hw) = (geo.c / geo.groups, geo.h * geo.w);
+        let dx = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.c * hw)?;
+        let blocks = ic_grid(OP, geo.n * geo.groups * cg.div_ceil(IC_TILE) * hw.div_ceil(IC_TILE))?;
+        gpu.launch("conv", "conv_implicit_bwd_data_f32", blocks, IC_THREADS, &mut args![q, gp, wp, dx.ptr])?;
+        return Ok(dx);
+    }
     let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
     let dx = CudaStorage::alloc(&gpu, DType::F32, geo.n * geo.c * geo.h * geo.w)?;
     let dcol = CudaStorage::alloc(&gpu, DType::F32, geo.n * k * l)?;
@@ -699,12 +727,30 @@ pub(crate) fn conv2d_backward_input(g: &Tensor, w: &Tensor, geo: &flamingo_kerne
     Ok(dx)
 }
 
-/// dW of a convolution: per group and image, dW_g += dy_n,g · col_nᵀ.
-pub(crate) fn conv2d_backward_weight(x: &Tensor, g: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom) -> Result<CudaStorage> {
+/// dW of a convolution: per group and image, dW_g += dy_n,g · col_nᵀ; or the implicit-GEMM
+/// kernel, its reduction over (image, pixel) split so the grid fills the GPU, the partial sums
+/// added in a fixed order (deterministic).
+pub(crate) fn conv2d_backward_weight(x: &Tensor, g: &Tensor, geo: &flamingo_kernels::cpu::conv::ConvGeom, algo: ConvAlgo) -> Result<CudaStorage> {
     const OP: &str = "conv2d_backward";
     let (gpu, xp, _kx) = contig(x, OP)?;
     let (_, gp, _kg) = contig(g, OP)?;
     let q = geom_c(geo);
+    if algo == ConvAlgo::Implicit {
+        let (og, kw_len, red) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.n * geo.ho() * geo.wo());
+        let n_out = geo.o * kw_len;
+        let tiles = geo.groups * og.div_ceil(IC_TILE) * kw_len.div_ceil(IC_TILE);
+        let splits = ic_weight_splits(tiles, red, gpu.multiprocessors());
+        let dw = CudaStorage::alloc(&gpu, DType::F32, n_out)?;
+        let blocks = ic_grid(OP, tiles * splits)?;
+        if splits == 1 {
+            gpu.launch("conv", "conv_implicit_bwd_weight_f32", blocks, IC_THREADS, &mut args![q, 1i64, xp, gp, dw.ptr])?;
+        } else {
+            let part = CudaStorage::alloc(&gpu, DType::F32, splits * n_out)?;
+            gpu.launch("conv", "conv_implicit_bwd_weight_f32", blocks, IC_THREADS, &mut args![q, splits as i64, xp, gp, part.ptr])?;
+            gpu.launch("conv", "conv_weight_split_sum_f32", grid(n_out, BLOCK), BLOCK, &mut args![splits as i64, n_out as i64, part.ptr, dw.ptr])?;
+        }
+        return Ok(dw);
+    }
     let (og, k, l) = (geo.o / geo.groups, geo.c / geo.groups * geo.kh * geo.kw, geo.ho() * geo.wo());
     let dw = CudaStorage::alloc(&gpu, DType::F32, geo.o * k)?;
     for gi in 0..geo.groups {
@@ -716,6 +762,13 @@ pub(crate) fn conv2d_backward_weight(x: &Tensor, g: &Tensor, geo: &flamingo_kern
         }
     }
     Ok(dw)
+}
+
+/// How many ranges to split the weight gradient's reduction (`red` = images × output pixels)
+/// into: enough blocks for two per multiprocessor, each range at least 256 long.
+fn ic_weight_splits(tiles: usize, red: usize, multiprocessors: usize) -> usize {
+    let want = (2 * multiprocessors.max(1)).div_ceil(tiles.max(1));
+    want.clamp(1, (red / 256).max(1))
 }
 
 /// Average pooling of `[planes, h, w]` (f32), and its backward.

@@ -141,6 +141,33 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         vec![true, true],
         Box::new(|t| t[0].conv2d(&t[1], None, &ConvParams::tf_same(10, 10, 3, 3, 2))),
     );
+    // The implicit-GEMM kernels (kernels/cuda/conv.cu) on the same geometries, and on one with
+    // two 64-wide tiles of output channels and a weight gradient whose reduction is split.
+    let implicit = |f: fn(&[Tensor]) -> Result<Tensor>| -> Compute { Box::new(move |t| crate::cuda::with_conv_algo(crate::cuda::ConvAlgo::Implicit, || f(t))) };
+    push(
+        "conv2d_implicit",
+        vec![randn(&[2, 4, 9, 8], rng), randn(&[6, 4, 3, 3], rng), randn(&[6], rng)],
+        vec![true, true, true],
+        implicit(|t| t[0].conv2d(&t[1], Some(&t[2]), &ConvParams::new(1, 1))),
+    );
+    push(
+        "conv2d_implicit_stride2_groups2",
+        vec![randn(&[2, 4, 9, 9], rng), randn(&[6, 2, 3, 3], rng)],
+        vec![true, true],
+        implicit(|t| t[0].conv2d(&t[1], None, &ConvParams::new(2, 1).with_groups(2))),
+    );
+    push(
+        "conv2d_implicit_tf_same",
+        vec![randn(&[1, 3, 10, 10], rng), randn(&[5, 3, 3, 3], rng)],
+        vec![true, true],
+        implicit(|t| t[0].conv2d(&t[1], None, &ConvParams::tf_same(10, 10, 3, 3, 2))),
+    );
+    push(
+        "conv2d_implicit_wide_split",
+        vec![randn(&[2, 5, 20, 20], rng), randn(&[70, 5, 3, 3], rng), randn(&[70], rng)],
+        vec![true, true, true],
+        implicit(|t| t[0].conv2d(&t[1], Some(&t[2]), &ConvParams::new(1, 1))),
+    );
     push("avg_pool2d", vec![randn(&[2, 3, 8, 6], rng)], vec![true], Box::new(|t| t[0].avg_pool2d((2, 2), (2, 2))));
     push("matmul", vec![randn(&[33, 17], rng), randn(&[17, 29], rng)], vec![true, true], Box::new(|t| t[0].matmul(&t[1])));
     push("matmul_batched_broadcast", vec![randn(&[2, 3, 8, 5], rng), randn(&[5, 7], rng)], vec![true, true], Box::new(|t| t[0].matmul(&t[1])));

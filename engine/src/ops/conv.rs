@@ -72,13 +72,14 @@ impl Tensor {
         let out_shape = [geo.n, geo.o, geo.ho(), geo.wo()];
         let has_bias = bias.is_some();
         if self.device().is_cuda() {
-            let st = crate::cuda::ops::conv2d(self, weight, bias, &geo)?;
+            let algo = crate::cuda::conv_algo();
+            let st = crate::cuda::ops::conv2d(self, weight, bias, &geo, algo)?;
             return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &out_shape, NAME, &inputs, |_| {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
                     let g = g.contiguous()?;
                     let (x, w) = (&inp[0], &inp[1]);
-                    let dx = if needs(inp, 0) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_input(&g, w, &geo)?, x.shape())?) } else { None };
-                    let dw = if needs(inp, 1) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_weight(x, &g, &geo)?, w.shape())?) } else { None };
+                    let dx = if needs(inp, 0) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_input(&g, w, &geo, algo)?, x.shape())?) } else { None };
+                    let dw = if needs(inp, 1) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_weight(x, &g, &geo, algo)?, w.shape())?) } else { None };
                     let mut grads = vec![dx, dw];
                     if has_bias {
                         grads.push(if needs(inp, 2) { Some(g.sum(&[0, 2, 3], false)?) } else { None });
