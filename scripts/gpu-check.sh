@@ -72,6 +72,9 @@ run)
     RUST_BACKTRACE=1 FLAMINGO_CUDA_SYNC=1 timeout 100 "$dist/flamingo" --device cuda selftest 2>&1 | tee "$out/selftest.txt" || status=1
     echo "== bench --suite cuda"
     RUST_BACKTRACE=1 timeout 180 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
+    echo "== training steps with the opt-in kernels (fused causal attention, implicit-GEMM conv)"
+    RUST_BACKTRACE=1 FLAMINGO_CUDA_CAUSAL=fused FLAMINGO_CUDA_CONV=implicit timeout 120 "$dist/flamingo" --device cuda bench --suite cuda --quick \
+        --cases train_step_tiny_cuda,train_step_small_cuda 2>&1 | tee "$out/bench_optin.txt" || status=1
     echo "== PyTorch masked cross-attention on the same card"
     PYTHONUNBUFFERED=1 timeout 80 python3 benches/torch/masked_xattn_cuda.py 2>&1 | tee "$out/torch_xattn.txt" || status=1
     echo "== PyTorch training steps on the same card (eager, f32, TF32 off)"
@@ -98,7 +101,8 @@ run)
         grep -E "FAIL" "$out/selftest.txt" | head -40 || true
         grep -E "% of" "$out/bench.txt" || echo "bench: no ratios"
         grep -E "masked_xattn" "$out/bench.txt" || true
-        grep -E "conv3x3_" "$out/bench.txt" || true
+        grep -E "conv3x3_|causal_attention_" "$out/bench.txt" || true
+        grep -E "train_step" "$out/bench_optin.txt" 2>/dev/null | sed 's/^/opt-in kernels: /' || true
         grep -E "^torch_|^train_step" "$out/torch_xattn.txt" || true
         grep -E "train_step" "$out/bench.txt" || true
         cat "$out/kernels.txt" 2>/dev/null || true

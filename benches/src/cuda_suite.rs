@@ -11,6 +11,10 @@
 //!   gradients) with im2col + cuBLAS or with the implicit-GEMM kernels (kernels/cuda/conv.cu), at
 //!   the fused suite's WS-conv shape and at one that fills the card.
 //!
+//! - `causal_attention_{reference,fused}`: the LM's causal self-attention forward + backward at
+//!   the `small` step's shape (B=8, H=8, L=256, D=64, with the rotary embedding), composed from
+//!   primitive ops (the default on a GPU) or with the kernels of kernels/cuda/attention.cu.
+//!
 //! - `train_step_{tiny,small}_cuda`: the fused suite's Flamingo training steps with parameters
 //!   and images on the GPU (tokens per step in the flops column).
 //!
@@ -111,7 +115,39 @@ fn cases(dev: Device) -> flamingo_engine::Result<Vec<GpuCase>> {
     });
     xattn_cases(dev, &mut v)?;
     conv_cases(dev, &mut v)?;
+    causal_cases(dev, &mut v)?;
     Ok(v)
+}
+
+/// Causal self-attention forward + backward on the GPU, f32, reference composition and fused.
+/// FLOPs: the causal half of QKᵀ and PV, ×3 for forward + backward.
+fn causal_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()> {
+    let (b, h, l, d) = (8usize, 8usize, 256usize, 64usize);
+    let angles: Vec<f32> = (0..l * d).map(|i| ((i / d) as f32) * 0.05 / (1.0 + (i % (d / 2)) as f32)).collect();
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<f32>>(), &[1, 1, l, d])?.to_device(dev)?;
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<f32>>(), &[1, 1, l, d])?.to_device(dev)?;
+    for (fused, name) in [(false, "causal_attention_reference"), (true, "causal_attention_fused")] {
+        let q = rand(&[b, h, l, d], DType::F32, dev, 21)?.requires_grad_(true);
+        let k = rand(&[b, h, l, d], DType::F32, dev, 22)?.requires_grad_(true);
+        let vv = rand(&[b, h, l, d], DType::F32, dev, 23)?.requires_grad_(true);
+        let (c, s) = (cos.clone(), sin.clone());
+        v.push(GpuCase {
+            name,
+            shape: format!("b{b}h{h}l{l}d{d}"),
+            dtype: DType::F32,
+            flops: 3.0 * 2.0 * 2.0 * (b * h * l * l / 2 * d) as f64,
+            bytes: 0.0,
+            run: Box::new(move || {
+                let o = flamingo_engine::cuda::with_causal_fused(fused, || Tensor::causal_attention(&q, &k, &vv, Some((&c, &s))))?;
+                o.sum_all()?.backward()?;
+                for t in [&q, &k, &vv] {
+                    t.zero_grad();
+                }
+                raw::synchronize(dev)
+            }),
+        });
+    }
+    Ok(())
 }
 
 /// 3×3 convolution (pad 1) forward + backward on the GPU, f32, with each algorithm.

@@ -29,36 +29,53 @@ fn every_kernel_source_compiles_with_nvrtc() {
     assert!(failures.is_empty(), "kernel compile errors:\n{}", failures.join("\n\n"));
 }
 
-/// The implicit-GEMM convolution kernels (kernels/cuda/conv.cu) give the direct loops' results
-/// when run on the CPU through kernels/cuda/emu/cuda_emu.h: forward with bias, data gradient,
-/// weight gradient with and without a split reduction, over six geometries (groups, strides,
-/// asymmetric padding, sizes that are not multiples of the tiles). No GPU needed; needs g++ with
-/// C++20 (skips, saying so, without one).
-#[test]
-fn implicit_conv_kernels_match_direct_loops_on_the_cpu_emulator() {
+/// Builds and runs one of the kernels/cuda/emu checks (CUDA kernels run on the CPU through
+/// kernels/cuda/emu/cuda_emu.h, compared with direct loops). Returns its report, or None (after
+/// saying why) when there is no g++ with C++20's <barrier>.
+fn run_emulator_check(name: &str) -> Option<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let src = root.join("kernels/cuda/emu/conv_implicit_test.cpp");
-    let exe = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("conv_implicit_test");
+    let src = root.join(format!("kernels/cuda/emu/{name}.cpp"));
+    let exe = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
     let build = match std::process::Command::new("g++").args(["-std=c++20", "-O2", "-pthread", "-o"]).arg(&exe).arg(&src).output() {
         Ok(o) => o,
         Err(e) => {
-            eprintln!("skipped: g++ not found ({e}); the CUDA emulator check needs a C++20 compiler");
-            return;
+            eprintln!("skipped: g++ not found ({e}); the CUDA emulator checks need a C++20 compiler");
+            return None;
         }
     };
     if !build.status.success() {
         let log = String::from_utf8_lossy(&build.stderr);
         if log.contains("barrier") && log.contains("No such file") {
             eprintln!("skipped: this g++ has no C++20 <barrier>:\n{log}");
-            return;
+            return None;
         }
         panic!("compiling {} failed:\n{log}", src.display());
     }
     let run = std::process::Command::new(&exe).output().expect("run the emulator check");
-    let report = String::from_utf8_lossy(&run.stdout);
+    let report = String::from_utf8_lossy(&run.stdout).to_string();
     eprintln!("{report}");
-    assert!(run.status.success(), "implicit conv kernels differ from the direct loops:\n{report}{}", String::from_utf8_lossy(&run.stderr));
-    assert_eq!(report.matches(" ok").count(), 6, "expected six passing geometries:\n{report}");
+    assert!(run.status.success(), "{name}: kernels differ from the direct loops:\n{report}{}", String::from_utf8_lossy(&run.stderr));
+    Some(report)
+}
+
+/// The implicit-GEMM convolution kernels (kernels/cuda/conv.cu) give the direct loops' results:
+/// forward with bias, data gradient, weight gradient with and without a split reduction, over six
+/// geometries (groups, strides, asymmetric padding, sizes that are not multiples of the tiles).
+#[test]
+fn implicit_conv_kernels_match_direct_loops_on_the_cpu_emulator() {
+    if let Some(report) = run_emulator_check("conv_implicit_test") {
+        assert_eq!(report.matches(" ok").count(), 6, "expected six passing geometries:\n{report}");
+    }
+}
+
+/// The causal self-attention kernels (kernels/cuda/attention.cu) give the direct loops' output,
+/// log-sum-exp and q/k/v gradients: grouped-query heads, lengths that are not multiples of the
+/// tiles, head dims 8 to 64, q through a strided view.
+#[test]
+fn causal_attention_kernels_match_direct_loops_on_the_cpu_emulator() {
+    if let Some(report) = run_emulator_check("attention_test") {
+        assert_eq!(report.matches(" ok").count(), 4, "expected four passing shapes:\n{report}");
+    }
 }
 
 /// A syntax error is reported with NVRTC's log and the file name, not a panic.

@@ -16,6 +16,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("conv", include_str!("../cuda/conv.cu")),
     ("optim", include_str!("../cuda/optim.cu")),
     ("fused", include_str!("../cuda/fused.cu")),
+    ("attention", include_str!("../cuda/attention.cu")),
 ];
 
 /// The full text NVRTC compiles for module `name`, or None if there is no such module.

@@ -65,6 +65,32 @@ pub fn with_conv_algo<T>(algo: ConvAlgo, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+thread_local! {
+    static CAUSAL_FUSED_OVERRIDE: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether causal self-attention on a GPU (f32, head dim ≤ 64) runs the fused kernels of
+/// kernels/cuda/attention.cu rather than the reference composition: the innermost
+/// [`with_causal_fused`], else `FLAMINGO_CUDA_CAUSAL=fused`, else no. The kernels are checked on
+/// the CPU through kernels/cuda/emu. They stay opt-in until a GPU run has timed them.
+pub fn causal_fused() -> bool {
+    static FROM_ENV: OnceLock<bool> = OnceLock::new();
+    CAUSAL_FUSED_OVERRIDE.with(|c| c.get()).unwrap_or_else(|| *FROM_ENV.get_or_init(|| std::env::var("FLAMINGO_CUDA_CAUSAL").as_deref() == Ok("fused")))
+}
+
+/// Runs `f` with the fused causal attention on GPUs switched on or off (on this thread).
+pub fn with_causal_fused<T>(on: bool, f: impl FnOnce() -> T) -> T {
+    let prev = CAUSAL_FUSED_OVERRIDE.with(|c| c.replace(Some(on)));
+    struct Restore(Option<bool>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            CAUSAL_FUSED_OVERRIDE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(prev);
+    f()
+}
+
 /// What [`probe`] found about one GPU.
 #[derive(Clone, Debug)]
 pub struct GpuInfo {

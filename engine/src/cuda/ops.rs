@@ -1186,3 +1186,86 @@ mod tests {
         }
     }
 }
+
+// ---- causal self-attention (kernels/cuda/attention.cu) ----------------------------------------
+
+/// `#[repr(C)]` twin of `CaDims` in kernels/cuda/attention.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CaDims {
+    pub b: i64,
+    pub h: i64,
+    pub kvh: i64,
+    pub l: i64,
+    pub d: i64,
+}
+
+/// `#[repr(C)]` twin of `HeadView`: element (b, h, i, e) at offset + b·sb + h·sh + i·sl + e.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HeadView {
+    offset: i64,
+    sb: i64,
+    sh: i64,
+    sl: i64,
+}
+
+/// Query rows (or keys) per block of the attention kernels (CA_T), their threads, and the
+/// largest head dim they take (CA_DM).
+const CA_T: usize = 32;
+const CA_THREADS: u32 = 128;
+pub(crate) const CA_MAX_D: usize = 64;
+
+/// Base pointer and view of an f32 `[B, heads, L, D]` CUDA tensor whose last axis is contiguous.
+fn head_view(t: &Tensor, op: &'static str) -> Result<(Arc<Gpu>, u64, HeadView)> {
+    f32_only(op, t)?;
+    let (gpu, base) = parts(t, op)?;
+    let l = t.layout();
+    if l.shape.len() != 4 || (l.strides[3] != 1 && l.shape[3] > 1) {
+        return Err(Error::Msg(format!("{op}: expected a [B, heads, L, D] view with a contiguous last axis, got shape {:?} strides {:?}", l.shape, l.strides)));
+    }
+    let i = |v: usize| v as i64;
+    Ok((gpu, base, HeadView { offset: i(l.offset), sb: i(l.strides[0]), sh: i(l.strides[1]), sl: i(l.strides[2]) }))
+}
+
+fn ca_blocks(op: &str, rows: i64, heads: i64, l: i64) -> Result<u32> {
+    ic_grid(op, (rows * heads) as usize * (l as usize).div_ceil(CA_T))
+}
+
+/// Causal attention forward: `(o, lse)`, o token-major `[B, L, H, D]`, lse `[B, H, L]`.
+pub(crate) fn causal_attention(s: CaDims, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<(CudaStorage, CudaStorage)> {
+    const OP: &str = "causal_attention";
+    if s.d as usize > CA_MAX_D {
+        return Err(Error::Msg(format!("{OP}: head dim {} > {CA_MAX_D} is not supported by the CUDA kernel", s.d)));
+    }
+    let (gpu, qp, qv) = head_view(q, OP)?;
+    let (_, kp, kv) = head_view(k, OP)?;
+    let (_, vp, vv) = head_view(v, OP)?;
+    let o = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.l * s.h * s.d) as usize)?;
+    let lse = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.h * s.l) as usize)?;
+    if s.b * s.h * s.l > 0 {
+        gpu.launch("attention", "causal_attn_fwd_f32", ca_blocks(OP, s.b, s.h, s.l)?, CA_THREADS, &mut args![s, qp, qv, kp, kv, vp, vv, o.ptr, lse.ptr])?;
+    }
+    Ok((o, lse))
+}
+
+/// Causal attention backward from token-major `o` and `d_o` `[B, L, H, D]`: `(dq, dk, dv)`,
+/// token-major `[B, L, H, D]` and `[B, L, KVH, D]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn causal_attention_backward(s: CaDims, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+    const OP: &str = "causal_attention_backward";
+    let (gpu, qp, qv) = head_view(q, OP)?;
+    let (_, kp, kv) = head_view(k, OP)?;
+    let (_, vp, vv) = head_view(v, OP)?;
+    let (_, op_, _ko) = contig(o, OP)?;
+    let (_, gp, _kg) = contig(d_o, OP)?;
+    let dq = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.l * s.h * s.d) as usize)?;
+    let dk = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.l * s.kvh * s.d) as usize)?;
+    let dv = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.l * s.kvh * s.d) as usize)?;
+    let delta = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.h * s.l) as usize)?;
+    if s.b * s.h * s.l > 0 {
+        gpu.launch("attention", "causal_attn_bwd_dq_f32", ca_blocks(OP, s.b, s.h, s.l)?, CA_THREADS, &mut args![s, qp, qv, kp, kv, vp, vv, op_, gp, lse.ptr, delta.ptr, dq.ptr])?;
+        gpu.launch("attention", "causal_attn_bwd_dkv_f32", ca_blocks(OP, s.b, s.kvh, s.l)?, CA_THREADS, &mut args![s, qp, qv, kp, kv, vp, vv, gp, lse.ptr, delta.ptr, dk.ptr, dv.ptr])?;
+    }
+    Ok((dq, dk, dv))
+}

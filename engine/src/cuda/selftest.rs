@@ -168,6 +168,30 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         vec![true, true, true],
         implicit(|t| t[0].conv2d(&t[1], Some(&t[2]), &ConvParams::new(1, 1))),
     );
+    // Causal self-attention: the default path (the reference composition on a GPU) and the fused
+    // kernels of kernels/cuda/attention.cu (grouped-query heads, lengths that are not multiples of
+    // the 32-row tiles, with and without the rotary embedding).
+    push(
+        "causal_attention",
+        vec![randn(&[2, 4, 45, 24], rng), randn(&[2, 2, 45, 24], rng), randn(&[2, 2, 45, 24], rng)],
+        vec![true, true, true],
+        Box::new(|t| Tensor::causal_attention(&t[0], &t[1], &t[2], None)),
+    );
+    push(
+        "causal_attention_fused",
+        vec![randn(&[2, 4, 45, 24], rng), randn(&[2, 2, 45, 24], rng), randn(&[2, 2, 45, 24], rng)],
+        vec![true, true, true],
+        Box::new(|t| crate::cuda::with_causal_fused(true, || Tensor::causal_attention(&t[0], &t[1], &t[2], None))),
+    );
+    let angles: Vec<f32> = (0..70 * 64).map(|i| ((i / 64) as f32) * 0.1 / (1.0 + (i % 32) as f32)).collect();
+    let cos = Tensor::from_vec(angles.iter().map(|a| a.cos()).collect::<Vec<f32>>(), &[1, 1, 70, 64]).expect("shape");
+    let sin = Tensor::from_vec(angles.iter().map(|a| a.sin()).collect::<Vec<f32>>(), &[1, 1, 70, 64]).expect("shape");
+    push(
+        "causal_attention_fused_rope",
+        vec![randn(&[1, 2, 70, 64], rng), randn(&[1, 1, 70, 64], rng), randn(&[1, 1, 70, 64], rng), cos, sin],
+        vec![true, true, true, false, false],
+        Box::new(|t| crate::cuda::with_causal_fused(true, || Tensor::causal_attention(&t[0], &t[1], &t[2], Some((&t[3], &t[4]))))),
+    );
     push("avg_pool2d", vec![randn(&[2, 3, 8, 6], rng)], vec![true], Box::new(|t| t[0].avg_pool2d((2, 2), (2, 2))));
     push("matmul", vec![randn(&[33, 17], rng), randn(&[17, 29], rng)], vec![true, true], Box::new(|t| t[0].matmul(&t[1])));
     push("matmul_batched_broadcast", vec![randn(&[2, 3, 8, 5], rng), randn(&[5, 7], rng)], vec![true, true], Box::new(|t| t[0].matmul(&t[1])));

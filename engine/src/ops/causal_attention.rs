@@ -3,8 +3,11 @@
 //! On the CPU in f32 it runs the fused kernel (flamingo_kernels::cpu::causal_attention): no
 //! [L, L] score, mask or probability tensor is stored, the masked upper triangle beyond each
 //! query block is skipped, and the backward recomputes the scores from the saved log-sum-exp.
-//! Elsewhere (CUDA, f64, bf16/f16) it is the reference composition of primitive ops, which is
-//! also what [`Tensor::causal_attention_reference`] gives everywhere for parity tests.
+//! On a GPU in f32 with head dim ≤ 64, `FLAMINGO_CUDA_CAUSAL=fused` (or
+//! `cuda::with_causal_fused`) selects the fused kernels of kernels/cuda/attention.cu (q and k
+//! rotated by ordinary ops first). Otherwise (CUDA by default, f64, bf16/f16) it is the reference
+//! composition of primitive ops, which is also what [`Tensor::causal_attention_reference`] gives
+//! everywhere for parity tests.
 use super::needs;
 use crate::{DType, Error, Result, Tensor};
 use flamingo_kernels::cpu::causal_attention::{self as ca, CausalShape, HeadStrides, Rope};
@@ -63,6 +66,38 @@ fn shape_of(op: &'static str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Caus
     Ok(CausalShape { b, h, kvh, l, d })
 }
 
+/// The CUDA path (kernels/cuda/attention.cu): q and k rotated with ordinary ops (so their
+/// backward is autograd's), then one fused op over the rotated q̃, k̃ and v.
+fn causal_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, rope: Option<(&Tensor, &Tensor)>, s: &CausalShape) -> Result<Tensor> {
+    const OP: &str = "causal_attention";
+    let (q, k) = match rope {
+        Some((c, sn)) => (rope_reference(q, c, sn)?, rope_reference(k, c, sn)?),
+        None => (q.clone(), k.clone()),
+    };
+    let c = |t: &Tensor| if head_strides(t).is_some() { Ok(t.clone()) } else { t.contiguous() };
+    let (q, k, v) = (c(&q)?, c(&k)?, c(v)?);
+    let i = |x: usize| x as i64;
+    let dims = crate::cuda::ops::CaDims { b: i(s.b), h: i(s.h), kvh: i(s.kvh), l: i(s.l), d: i(s.d) };
+    let (o, lse) = crate::cuda::ops::causal_attention(dims, &q, &k, &v)?;
+    let (b, l, h, kvh, d) = (s.b, s.l, s.h, s.kvh, s.d);
+    let out = Tensor::op_result_storage(crate::storage::Storage::Cuda(o), &[b, l, h, d], OP, &[&q, &k, &v], |out| {
+        let out = out.clone();
+        Box::new(move |g: &Tensor, inp: &[Tensor]| {
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
+            let (dq, dk, dv) = crate::cuda::ops::causal_attention_backward(dims, &inp[0], &inp[1], &inp[2], &out, &lse, &g)?;
+            let wrap = |i: usize, st: crate::cuda::CudaStorage, heads: usize| -> Result<Option<Tensor>> {
+                if needs(inp, i) {
+                    Ok(Some(super::cuda_tensor(st, &[b, l, heads, d])?.transpose(1, 2)?))
+                } else {
+                    Ok(None)
+                }
+            };
+            Ok(vec![wrap(0, dq, h)?, wrap(1, dk, kvh)?, wrap(2, dv, kvh)?])
+        })
+    });
+    out.transpose(1, 2)
+}
+
 impl Tensor {
     /// `softmax(q̃·k̃ᵀ/√D + causal mask)·v`: query i attends to keys 0..=i. `q` `[B, H, L, D]`,
     /// `k`, `v` `[B, KVH, L, D]` with KVH dividing H (grouped-query attention: query head h uses
@@ -94,6 +129,9 @@ impl Tensor {
         let s = shape_of(OP, q, k, v)?;
         if let Some((c, sn)) = rope {
             check_rope(OP, &s, q, c, sn)?;
+        }
+        if q.device().is_cuda() && q.dtype() == DType::F32 && s.d <= crate::cuda::ops::CA_MAX_D && crate::cuda::causal_fused() {
+            return causal_attention_cuda(q, k, v, rope, &s);
         }
         let fused = q.device() == crate::Device::Cpu && q.dtype() == DType::F32;
         let (q, k, v) = if fused {
