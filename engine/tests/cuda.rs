@@ -36,6 +36,10 @@ fn run_emulator_check(name: &str) -> Option<String> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let src = root.join(format!("kernels/cuda/emu/{name}.cpp"));
     let exe = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    if !src.exists() {
+        eprintln!("skipped: {} is not here (a test binary moved away from its source tree)", src.display());
+        return None;
+    }
     let build = match std::process::Command::new("g++").args(["-std=c++20", "-O2", "-pthread", "-o"]).arg(&exe).arg(&src).output() {
         Ok(o) => o,
         Err(e) => {
