@@ -5,10 +5,11 @@
 #                                # the binaries into dist/gpu-check/ (git-ignored, < 64 MiB)
 #   scripts/gpu-check.sh run     # on the GPU machine (no Rust, no network), from the repo root:
 #                                # card info, every CUDA test, the CUDA selftest and benchmarks,
-#                                # one summary; copies the outputs to $OUT when set. < 8 minutes.
+#                                # one summary; copies the outputs to $OUT when set. About 8 minutes
+#                                # (every step has its own timeout; together they allow 15).
 #
 # With the device tool: build here, then
-#   run(command="bash scripts/gpu-check.sh run", carry=["dist/gpu-check"], timeout_s=420)
+#   run(command="bash scripts/gpu-check.sh run", carry=["dist/gpu-check"], timeout_s=590)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 dist=dist/gpu-check
@@ -73,8 +74,12 @@ run)
     echo "== bench --suite cuda"
     RUST_BACKTRACE=1 timeout 180 "$dist/flamingo" --device cuda bench --suite cuda --quick 2>&1 | tee "$out/bench.txt" || status=1
     echo "== training steps with the opt-in kernels (fused causal attention, implicit-GEMM conv)"
-    RUST_BACKTRACE=1 FLAMINGO_CUDA_CAUSAL=fused FLAMINGO_CUDA_CONV=implicit timeout 120 "$dist/flamingo" --device cuda bench --suite cuda --quick \
+    RUST_BACKTRACE=1 FLAMINGO_CUDA_CAUSAL=fused FLAMINGO_CUDA_CONV=implicit timeout 90 "$dist/flamingo" --device cuda bench --suite cuda --quick \
         --cases train_step_tiny_cuda,train_step_small_cuda 2>&1 | tee "$out/bench_optin.txt" || status=1
+    echo "== train + eval on the GPU (smoke: 30 steps of the tiny Flamingo stage, quick eval)"
+    { RUST_BACKTRACE=1 timeout 90 "$dist/flamingo" --device cuda train --steps 30 --out /tmp/gc-train 2>&1 | tail -4 \
+        && RUST_BACKTRACE=1 timeout 60 "$dist/flamingo" --device cuda eval --run /tmp/gc-train --quick --episodes 20 2>&1 | tail -5; } \
+        | tee "$out/train_gpu.txt" || status=1
     echo "== PyTorch masked cross-attention on the same card"
     PYTHONUNBUFFERED=1 timeout 80 python3 benches/torch/masked_xattn_cuda.py 2>&1 | tee "$out/torch_xattn.txt" || status=1
     echo "== PyTorch training steps on the same card (eager, f32, TF32 off)"
@@ -103,6 +108,7 @@ run)
         grep -E "masked_xattn" "$out/bench.txt" || true
         grep -E "conv3x3_|causal_attention_" "$out/bench.txt" || true
         grep -E "train_step" "$out/bench_optin.txt" 2>/dev/null | sed 's/^/opt-in kernels: /' || true
+        sed 's/^/train on the GPU: /' "$out/train_gpu.txt" 2>/dev/null || true
         grep -E "^torch_|^train_step" "$out/torch_xattn.txt" || true
         grep -E "train_step" "$out/bench.txt" || true
         cat "$out/kernels.txt" 2>/dev/null || true

@@ -82,7 +82,7 @@ fn answers(setup: &Setup, eps: &[Episode], features: &Features, frames: usize) -
     let mut out = Vec::with_capacity(eps.len());
     for chunk in eps.chunks(50) {
         let media: Vec<Vec<usize>> = chunk.iter().map(|e| e.media.clone()).collect();
-        let visual = setup.model.encode_media(&setup.store, &features.gather(&media, frames)?)?;
+        let visual = setup.visual(features, &media, frames)?;
         let prompts: Vec<Vec<i64>> = chunk.iter().map(|e| e.prompt.clone()).collect();
         let max_new = chunk.iter().map(|e| e.answer.len()).max().unwrap_or(1) + 1;
         let gen = flamingo_engine::no_grad(|| setup.model.generate_batch(&setup.store, &prompts, &visual, max_new, &Strategy::Greedy, PAD))?;
@@ -94,7 +94,7 @@ fn answers(setup: &Setup, eps: &[Episode], features: &Features, frames: usize) -
 
 /// Rank classification: the candidate with the highest mean log-likelihood.
 fn ranked(setup: &Setup, e: &Episode, features: &Features, frames: usize) -> Result<usize> {
-    let visual = setup.model.encode_media(&setup.store, &features.gather(std::slice::from_ref(&e.media), frames)?)?;
+    let visual = setup.visual(features, std::slice::from_ref(&e.media), frames)?;
     let prompt = Tensor::from_vec(e.prompt.clone(), &[1, e.prompt.len()])?;
     let scores = setup.model.score_candidates(&setup.store, &prompt, &visual, &e.candidates)?;
     Ok((0..scores.len()).fold(0, |b, i| if scores[i] > scores[b] { i } else { b }))

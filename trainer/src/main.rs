@@ -202,12 +202,18 @@ fn main() -> ExitCode {
         // SAFETY: set before any other thread exists.
         unsafe { std::env::set_var("FLAMINGO_DEVICE", chosen) };
     }
-    let model_cmd = matches!(
-        cli.command,
-        Command::Demo { .. } | Command::Train { .. } | Command::Eval { .. } | Command::PretrainVision { .. } | Command::PretrainLm { .. } | Command::Forward { .. } | Command::EngineDemo { .. }
-    );
-    if model_cmd && (cli.device.is_some() || std::env::var_os("FLAMINGO_DEVICE").is_some()) && flamingo_engine::Device::best().is_cuda() {
-        eprintln!("flamingo: this command runs the model on the CPU for now: the CUDA backend covers the engine's ops (`flamingo selftest`, `flamingo bench --suite cuda`), the model code is not yet device-aware");
+    let asked_cuda = (cli.device.is_some() || std::env::var_os("FLAMINGO_DEVICE").is_some()) && flamingo_engine::Device::best().is_cuda();
+    if asked_cuda {
+        match cli.command {
+            Command::Demo { .. } | Command::Train { .. } | Command::Eval { .. } => eprintln!(
+                "flamingo: the Flamingo stage (training and evaluation) runs on {}; the frozen vision encoder's features are computed on the CPU once, and `demo --from-scratch` pretrains on the CPU. This path has not yet been run on a GPU: report what fails",
+                flamingo_engine::Device::best()
+            ),
+            Command::PretrainVision { .. } | Command::PretrainLm { .. } | Command::Forward { .. } | Command::EngineDemo { .. } => {
+                eprintln!("flamingo: this command runs on the CPU: of the model commands, only demo/train/eval use the GPU (the CUDA backend covers every engine op: `flamingo selftest`, `flamingo bench --suite cuda`)")
+            }
+            _ => {}
+        }
     }
     let result: Result<(), String> = match cli.command {
         Command::Selftest { filter, json } => selftest(filter.as_deref(), json),

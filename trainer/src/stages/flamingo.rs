@@ -12,7 +12,7 @@ use crate::world::tasks::{binding_doc, caption_doc, quiz_doc, video_doc, Doc};
 use crate::world::tokenizer::{WordTokenizer, EOS, PAD};
 use crate::world::words::WordPools;
 use flamingo_engine::optim::{clip_grad_norm, AdamW, AdamWConfig, Decay, LrSchedule, ParamGroup};
-use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
+use flamingo_engine::{DType, Device, Error, ParamStore, Result, Rng, Tensor};
 use flamingo_model::checkpoint::load_hf_lm;
 use flamingo_model::flamingo::{Flamingo, FlamingoConfig, NEW_TOKENS};
 use flamingo_model::lm::LmConfig;
@@ -167,6 +167,10 @@ pub struct Setup {
     pub eval_clip_features: Features,
     /// Seconds spent rendering the pools and encoding them.
     pub world_seconds: f64,
+    /// Where the Flamingo parameters live and run: the device `--device` (or `FLAMINGO_DEVICE`)
+    /// asked for, else the CPU. The frozen vision encoder precomputes the image features on the
+    /// CPU once, at setup.
+    pub device: Device,
 }
 
 /// Builds Flamingo from `template` (its Perceiver/cross-attention settings) over the pretrained
@@ -205,6 +209,8 @@ pub fn setup(template: &FlamingoConfig, vision_dir: &Path, lm_dir: &Path, cfg: &
     let train_clips = ClipPool::new(cfg.clips, cfg.frames, s, cfg.seed.wrapping_add(303));
     let eval_clips = ClipPool::new(cfg.clips / 2, cfg.frames, s, cfg.seed.wrapping_add(404));
     let enc = |imgs: &[Vec<f32>]| Features::compute(&net, &vstore, imgs, s, 128);
+    let device = if std::env::var_os("FLAMINGO_DEVICE").is_some() { Device::best() } else { Device::Cpu };
+    store.to_device(device)?;
     Ok(Setup {
         train_image_features: enc(&train_images.images)?,
         eval_image_features: enc(&eval_images.images)?,
@@ -220,6 +226,7 @@ pub fn setup(template: &FlamingoConfig, vision_dir: &Path, lm_dir: &Path, cfg: &
         train_clips,
         eval_clips,
         world_seconds: t0.elapsed().as_secs_f64(),
+        device,
     })
 }
 
@@ -243,14 +250,20 @@ impl Setup {
         }
     }
 
-    /// Right-padded ids `[b, l]` and visual tokens `[b, m, R, dv]` for documents whose media
-    /// index `features` with `frames` frames each.
+    /// The Perceiver's visual tokens `[b, m, R, dv]` for the media lists `media` (indices into
+    /// `features`, `frames` frames each), computed on [`Setup::device`].
+    pub fn visual(&self, features: &Features, media: &[Vec<usize>], frames: usize) -> Result<Tensor> {
+        let feats = features.gather(media, frames)?.to_device(self.device)?;
+        self.model.encode_media(&self.store, &feats)
+    }
+
+    /// Right-padded ids `[b, l]` (on the host, where the model reads token ids) and visual tokens
+    /// `[b, m, R, dv]` for documents whose media index `features` with `frames` frames each.
     pub fn batch(&self, docs: &[Doc], features: &Features, frames: usize) -> Result<(Tensor, Tensor)> {
         let l = docs.iter().map(|d| d.ids.len()).max().unwrap_or(0).max(2);
         let ids: Vec<i64> = docs.iter().flat_map(|d| d.ids.iter().copied().chain(std::iter::repeat_n(PAD, l - d.ids.len()))).collect();
         let media: Vec<Vec<usize>> = docs.iter().map(|d| d.media.clone()).collect();
-        let feats = features.gather(&media, frames)?;
-        Ok((Tensor::from_vec(ids, &[docs.len(), l])?, self.model.encode_media(&self.store, &feats)?))
+        Ok((Tensor::from_vec(ids, &[docs.len(), l])?, self.visual(features, &media, frames)?))
     }
 
     /// The mean next-token loss of a batch of documents.
