@@ -82,6 +82,17 @@ fn causal_attention_kernels_match_direct_loops_on_the_cpu_emulator() {
     }
 }
 
+/// The row kernels (kernels/cuda/{norm,softmax,loss}.cu: layer norm forward and backward, softmax
+/// and log-softmax forward and backward, cross-entropy with smoothing and an ignored row, its mean
+/// and backward) give the direct loops' results, with blocks of two and four warps, so the
+/// block reductions' warp shuffles are exercised too.
+#[test]
+fn row_kernels_match_direct_loops_on_the_cpu_emulator() {
+    if let Some(report) = run_emulator_check("rows_test") {
+        assert_eq!(report.matches(" ok").count(), 12, "expected twelve passing checks:\n{report}");
+    }
+}
+
 /// A syntax error is reported with NVRTC's log and the file name, not a panic.
 #[test]
 fn compile_errors_name_the_module() {
