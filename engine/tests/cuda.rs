@@ -93,6 +93,17 @@ fn row_kernels_match_direct_loops_on_the_cpu_emulator() {
     }
 }
 
+/// The f32 kernels of kernels/cuda/fused.cu that need no host-side plan (tanh-gated residual,
+/// weight standardisation in both modes, warp-per-row masked cross-attention in both media
+/// modes, forward and backward) give the direct loops' results (finite differences for the weight
+/// standardisation's gradient).
+#[test]
+fn fused_kernels_match_direct_loops_on_the_cpu_emulator() {
+    if let Some(report) = run_emulator_check("fused_test") {
+        assert_eq!(report.matches(" ok").count(), 5, "expected five passing checks:\n{report}");
+    }
+}
+
 /// A syntax error is reported with NVRTC's log and the file name, not a panic.
 #[test]
 fn compile_errors_name_the_module() {
