@@ -4,17 +4,11 @@
 // q read through a token-major view (strides). Exit status 0 when all pass.
 // Build and run: scripts/cuda-emu-test.sh
 #include "cuda_emu.h"
+#include "check.h"
 #include "../common.cuh"
 #include "../attention.cu"
 #include <cstdio>
 #include <random>
-
-static double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
-    double scale = 1.0, err = 0.0;
-    for (double v : want) scale = std::fmax(scale, std::fabs(v));
-    for (size_t i = 0; i < got.size(); ++i) err = std::fmax(err, std::fabs(got[i] - want[i]));
-    return err / scale;
-}
 
 static bool check(const char* name, i64 B, i64 H, i64 KVH, i64 L, i64 D, bool q_token_major) {
     CaDims s{B, H, KVH, L, D};

@@ -4,6 +4,7 @@
 // padding and sizes that are not multiples of the 64-wide tiles. Exit status 0 when all pass.
 // Build and run: scripts/cuda-emu-test.sh
 #include "cuda_emu.h"
+#include "check.h"
 #include "../common.cuh"
 #include "../conv.cu"
 #include <cstdio>
@@ -16,13 +17,6 @@ struct Geo {
 static ConvGeom to_c(const Geo& g) {
     i64 ho = (g.h + g.pt + g.pb - g.kh) / g.sh + 1, wo = (g.w + g.pl + g.pr - g.kw) / g.sw + 1;
     return ConvGeom{g.n, g.c, g.h, g.w, g.o, g.kh, g.kw, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr, g.groups, ho, wo};
-}
-
-static double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
-    double scale = 1.0, err = 0.0;
-    for (double v : want) scale = std::fmax(scale, std::fabs(v));
-    for (size_t i = 0; i < got.size(); ++i) err = std::fmax(err, std::fabs(got[i] - want[i]));
-    return err / scale;
 }
 
 static bool check(const char* name, const Geo& geo, i64 splits) {

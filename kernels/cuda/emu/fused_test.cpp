@@ -5,6 +5,7 @@
 // fused.cu also holds tensor-core kernels written in inline PTX: they are compiled here with the
 // PTX removed and never launched. Build and run: scripts/cuda-emu-test.sh
 #include "cuda_emu.h"
+#include "check.h"
 #include <atomic>
 #include <cstdio>
 #include <random>
@@ -27,19 +28,6 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 #include "../fused.cu"
 #undef asm
 #undef volatile
-
-static double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
-    double scale = 1.0, err = 0.0;
-    for (double v : want) scale = std::fmax(scale, std::fabs(v));
-    for (size_t i = 0; i < got.size(); ++i) err = std::fmax(err, std::fabs(got[i] - want[i]));
-    return err / scale;
-}
-
-static bool report(const char* name, double err) {
-    bool ok = err < 2e-5;
-    std::printf("%-46s %.1e  %s\n", name, err, ok ? "ok" : "FAIL");
-    return ok;
-}
 
 int main() {
     bool ok = true;

@@ -5,25 +5,13 @@
 // the block reductions cross warps), fewer blocks than rows (the kernels' row loops).
 // Build and run: scripts/cuda-emu-test.sh
 #include "cuda_emu.h"
+#include "check.h"
 #include "../common.cuh"
 #include "../norm.cu"
 #include "../softmax.cu"
 #include "../loss.cu"
 #include <cstdio>
 #include <random>
-
-static double max_rel(const std::vector<float>& got, const std::vector<double>& want) {
-    double scale = 1.0, err = 0.0;
-    for (double v : want) scale = std::fmax(scale, std::fabs(v));
-    for (size_t i = 0; i < got.size(); ++i) err = std::fmax(err, std::fabs(got[i] - want[i]));
-    return err / scale;
-}
-
-static bool report(const char* name, double err) {
-    bool ok = err < 2e-5;
-    std::printf("%-34s %.1e  %s\n", name, err, ok ? "ok" : "FAIL");
-    return ok;
-}
 
 int main() {
     bool ok = true;
