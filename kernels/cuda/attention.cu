@@ -59,15 +59,27 @@ __device__ __forceinline__ float ca_dot(const float* a, const float* b, i64 d) {
 __device__ __forceinline__ float ca_row_max(float (*red)[4], int r) { return fmaxf(fmaxf(red[r][0], red[r][1]), fmaxf(red[r][2], red[r][3])); }
 __device__ __forceinline__ float ca_row_sum(float (*red)[4], int r) { return (red[r][0] + red[r][1]) + (red[r][2] + red[r][3]); }
 
+// The (b, query head, query tile) of a block of the forward and dQ kernels, its kv head and first
+// row, and the calling thread's row r, column offset sub and query row qi.
+struct CaQueryBlock {
+    i64 b, h, kh, i0, qi;
+    int r, sub;
+};
+__device__ __forceinline__ CaQueryBlock ca_query_block(const CaDims& s) {
+    i64 tiles = (s.l + CA_T - 1) / CA_T, bid = blockIdx.x, qt = bid % tiles;
+    bid /= tiles;
+    i64 h = bid % s.h, b = bid / s.h, i0 = qt * CA_T;
+    int r = threadIdx.x >> 2;
+    return CaQueryBlock{b, h, h / (s.h / s.kvh), i0, i0 + r, r, (int)(threadIdx.x & 3)};
+}
+
 // Grid: B · H · ⌈L/32⌉ blocks.
 extern "C" __global__ void causal_attn_fwd_f32(CaDims s, const float* __restrict__ q, HeadView qv, const float* __restrict__ k, HeadView kv,
                                                const float* __restrict__ v, HeadView vv, float* __restrict__ o, float* __restrict__ lse) {
     __shared__ float qs[CA_T][CA_LD], ks[CA_T][CA_LD], vs[CA_T][CA_LD], ps[CA_T][CA_T + 1], red[CA_T][4];
-    i64 tiles = (s.l + CA_T - 1) / CA_T, bid = blockIdx.x, qt = bid % tiles;
-    bid /= tiles;
-    i64 h = bid % s.h, b = bid / s.h, kh = h / (s.h / s.kvh), i0 = qt * CA_T;
-    int tid = threadIdx.x, r = tid >> 2, sub = tid & 3;
-    i64 qi = i0 + r;
+    const CaQueryBlock qb = ca_query_block(s);
+    const i64 b = qb.b, h = qb.h, kh = qb.kh, i0 = qb.i0, qi = qb.qi;
+    const int r = qb.r, sub = qb.sub;
     float scale = 1.0f / sqrtf((float)s.d);
     ca_load(qs, q, qv, b, h, i0, s);
     float m = FL_NEG_INF, lsum = 0.0f, acc[CA_DM / 4];
@@ -122,11 +134,9 @@ extern "C" __global__ void causal_attn_bwd_dq_f32(CaDims s, const float* __restr
                                                   const float* __restrict__ v, HeadView vv, const float* __restrict__ o, const float* __restrict__ d_o,
                                                   const float* __restrict__ lse, float* __restrict__ delta, float* __restrict__ dq) {
     __shared__ float qs[CA_T][CA_LD], dos[CA_T][CA_LD], ks[CA_T][CA_LD], vs[CA_T][CA_LD], dss[CA_T][CA_T + 1], red[CA_T][4];
-    i64 tiles = (s.l + CA_T - 1) / CA_T, bid = blockIdx.x, qt = bid % tiles;
-    bid /= tiles;
-    i64 h = bid % s.h, b = bid / s.h, kh = h / (s.h / s.kvh), i0 = qt * CA_T;
-    int tid = threadIdx.x, r = tid >> 2, sub = tid & 3;
-    i64 qi = i0 + r;
+    const CaQueryBlock qb = ca_query_block(s);
+    const i64 b = qb.b, h = qb.h, kh = qb.kh, i0 = qb.i0, qi = qb.qi;
+    const int r = qb.r, sub = qb.sub;
     float scale = 1.0f / sqrtf((float)s.d);
     ca_load(qs, q, qv, b, h, i0, s);
     ca_load_tm(dos, d_o, s.h, b, h, i0, s);

@@ -116,6 +116,16 @@ __device__ __forceinline__ void ic_gemm_tile(const P& p, i64 m0, i64 n0, i64 k0,
     }
 }
 
+// A block's tile indices on the 1-D grid: blockIdx.x = ((outer · tm) + bm) · tn + bn, with tm, tn
+// the tile counts along M and N; returns outer (the image·group, or group·split, index).
+__device__ __forceinline__ i64 ic_block(i64 tm, i64 tn, i64* bm, i64* bn) {
+    i64 bid = blockIdx.x;
+    *bn = bid % tn;
+    bid /= tn;
+    *bm = bid % tm;
+    return bid / tm;
+}
+
 // x̂[k][l] of image n, group g: the im2col element the forward (and the weight gradient) multiply.
 __device__ __forceinline__ float ic_col(const ConvGeom& q, const float* __restrict__ x, i64 n, i64 g, i64 k, i64 l) {
     i64 cg = q.c / q.groups, khw = q.kh * q.kw;
@@ -140,11 +150,8 @@ struct IcForward {
 extern "C" __global__ void conv_implicit_fwd_f32(ConvGeom q, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, float* __restrict__ y) {
     i64 og = q.o / q.groups, K = q.c / q.groups * q.kh * q.kw, L = q.ho * q.wo;
     i64 tm = (og + IC_TILE - 1) / IC_TILE, tn = (L + IC_TILE - 1) / IC_TILE;
-    i64 bid = blockIdx.x, bn = bid % tn;
-    bid /= tn;
-    i64 bm = bid % tm;
-    bid /= tm;
-    i64 g = bid % q.groups, n = bid / q.groups;
+    i64 bm, bn, outer = ic_block(tm, tn, &bm, &bn);
+    i64 g = outer % q.groups, n = outer / q.groups;
     IcForward p{q, x, w, n, g, og, og, L, K};
     float acc[4][4] = {};
     ic_gemm_tile(p, bm * IC_TILE, bn * IC_TILE, 0, K, acc);
@@ -186,11 +193,8 @@ struct IcBackwardData {
 extern "C" __global__ void conv_implicit_bwd_data_f32(ConvGeom q, const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx) {
     i64 og = q.o / q.groups, cg = q.c / q.groups, HW = q.h * q.w, K = og * q.kh * q.kw;
     i64 tm = (cg + IC_TILE - 1) / IC_TILE, tn = (HW + IC_TILE - 1) / IC_TILE;
-    i64 bid = blockIdx.x, bn = bid % tn;
-    bid /= tn;
-    i64 bm = bid % tm;
-    bid /= tm;
-    i64 g = bid % q.groups, n = bid / q.groups;
+    i64 bm, bn, outer = ic_block(tm, tn, &bm, &bn);
+    i64 g = outer % q.groups, n = outer / q.groups;
     IcBackwardData p{q, dy, w, n, g, og, cg, cg, HW, K};
     float acc[4][4] = {};
     ic_gemm_tile(p, bm * IC_TILE, bn * IC_TILE, 0, K, acc);
@@ -222,11 +226,8 @@ struct IcBackwardWeight {
 extern "C" __global__ void conv_implicit_bwd_weight_f32(ConvGeom q, i64 splits, const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ out) {
     i64 og = q.o / q.groups, Kw = q.c / q.groups * q.kh * q.kw, L = q.ho * q.wo, R = q.n * L;
     i64 tm = (og + IC_TILE - 1) / IC_TILE, tn = (Kw + IC_TILE - 1) / IC_TILE;
-    i64 bid = blockIdx.x, bn = bid % tn;
-    bid /= tn;
-    i64 bm = bid % tm;
-    bid /= tm;
-    i64 s = bid % splits, g = bid / splits;
+    i64 bm, bn, outer = ic_block(tm, tn, &bm, &bn);
+    i64 s = outer % splits, g = outer / splits;
     i64 chunk = (R + splits - 1) / splits, r0 = s * chunk, r1 = r0 + chunk < R ? r0 + chunk : R;
     IcBackwardWeight p{q, x, dy, g, og, L, og, Kw, R};
     float acc[4][4] = {};

@@ -54,14 +54,20 @@ pub fn conv_algo() -> ConvAlgo {
 
 /// Runs `f` with GPU convolutions (started on this thread) using `algo`.
 pub fn with_conv_algo<T>(algo: ConvAlgo, f: impl FnOnce() -> T) -> T {
-    let prev = CONV_ALGO_OVERRIDE.with(|c| c.replace(Some(algo)));
-    struct Restore(Option<ConvAlgo>);
-    impl Drop for Restore {
+    with_override(&CONV_ALGO_OVERRIDE, algo, f)
+}
+
+/// Runs `f` with the thread-local `slot` set to `value`, restoring the previous value afterwards
+/// (also when `f` panics).
+fn with_override<V: Copy + 'static, T>(slot: &'static std::thread::LocalKey<std::cell::Cell<Option<V>>>, value: V, f: impl FnOnce() -> T) -> T {
+    struct Restore<V: Copy + 'static>(&'static std::thread::LocalKey<std::cell::Cell<Option<V>>>, Option<V>);
+    impl<V: Copy + 'static> Drop for Restore<V> {
         fn drop(&mut self) {
-            CONV_ALGO_OVERRIDE.with(|c| c.set(self.0));
+            let prev = self.1;
+            self.0.with(|c| c.set(prev));
         }
     }
-    let _restore = Restore(prev);
+    let _restore = Restore(slot, slot.with(|c| c.replace(Some(value))));
     f()
 }
 
@@ -80,15 +86,7 @@ pub fn causal_fused() -> bool {
 
 /// Runs `f` with the fused causal attention on GPUs switched on or off (on this thread).
 pub fn with_causal_fused<T>(on: bool, f: impl FnOnce() -> T) -> T {
-    let prev = CAUSAL_FUSED_OVERRIDE.with(|c| c.replace(Some(on)));
-    struct Restore(Option<bool>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            CAUSAL_FUSED_OVERRIDE.with(|c| c.set(self.0));
-        }
-    }
-    let _restore = Restore(prev);
-    f()
+    with_override(&CAUSAL_FUSED_OVERRIDE, on, f)
 }
 
 /// What [`probe`] found about one GPU.

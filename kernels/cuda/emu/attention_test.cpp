@@ -13,12 +13,7 @@
 static bool check(const char* name, i64 B, i64 H, i64 KVH, i64 L, i64 D, bool q_token_major) {
     CaDims s{B, H, KVH, L, D};
     std::mt19937 rng(77);
-    std::normal_distribution<float> nd;
-    auto rand_vec = [&](i64 n) {
-        std::vector<float> v(n);
-        for (auto& x : v) x = nd(rng);
-        return v;
-    };
+    auto rand_vec = [&](size_t n) { return randn(rng, n); };
     // q as [B, H, L, D] contiguous, or the same values stored token-major [B, L, H, D]
     auto q = rand_vec(B * H * L * D), k = rand_vec(B * KVH * L * D), v = rand_vec(B * KVH * L * D), d_o = rand_vec(B * L * H * D);
     HeadView qv = q_token_major ? HeadView{0, L * H * D, D, H * D} : HeadView{0, H * L * D, L * D, D};

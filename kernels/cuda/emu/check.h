@@ -2,6 +2,7 @@
 #pragma once
 #include <cmath>
 #include <cstdio>
+#include <random>
 #include <vector>
 
 // max |got − want| / max(1, max |want|): the selftest's error measure.
@@ -17,4 +18,12 @@ inline bool report(const char* name, double err, double tol = 2e-5) {
     bool ok = err < tol;
     std::printf("%-46s %.1e  %s\n", name, err, ok ? "ok" : "FAIL");
     return ok;
+}
+
+// n standard-normal floats from `rng`.
+inline std::vector<float> randn(std::mt19937& rng, size_t n) {
+    std::normal_distribution<float> nd;
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng);
+    return v;
 }

@@ -23,12 +23,7 @@ static bool check(const char* name, const Geo& geo, i64 splits) {
     ConvGeom q = to_c(geo);
     i64 cg = q.c / q.groups, og = q.o / q.groups, L = q.ho * q.wo, khw = q.kh * q.kw, Kw = cg * khw;
     std::mt19937 rng(1234);
-    std::normal_distribution<float> nd;
-    auto rand_vec = [&](i64 n) {
-        std::vector<float> v(n);
-        for (auto& x : v) x = nd(rng);
-        return v;
-    };
+    auto rand_vec = [&](size_t n) { return randn(rng, n); };
     auto x = rand_vec(q.n * q.c * q.h * q.w), w = rand_vec(q.o * Kw), bias = rand_vec(q.o), dy = rand_vec(q.n * q.o * L);
     // References in double.
     std::vector<double> y_ref(q.n * q.o * L), dx_ref(x.size(), 0.0), dw_ref(w.size(), 0.0);

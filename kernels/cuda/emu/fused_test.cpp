@@ -32,12 +32,7 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 int main() {
     bool ok = true;
     std::mt19937 rng(9);
-    std::normal_distribution<float> nd;
-    auto rand_vec = [&](size_t n) {
-        std::vector<float> v(n);
-        for (auto& x : v) x = nd(rng);
-        return v;
-    };
+    auto rand_vec = [&](size_t n) { return randn(rng, n); };
     // ---- gated residual
     {
         const i64 n = 1000;

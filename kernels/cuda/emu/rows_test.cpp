@@ -16,12 +16,7 @@
 int main() {
     bool ok = true;
     std::mt19937 rng(5);
-    std::normal_distribution<float> nd;
-    auto rand_vec = [&](size_t n) {
-        std::vector<float> v(n);
-        for (auto& x : v) x = nd(rng);
-        return v;
-    };
+    auto rand_vec = [&](size_t n) { return randn(rng, n); };
     for (unsigned block : {64u, 128u}) {
         const i64 rows = 5, n = 300;
         auto x = rand_vec(rows * n), g = rand_vec(rows * n), w = rand_vec(n), b = rand_vec(n);
