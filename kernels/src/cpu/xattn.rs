@@ -17,10 +17,18 @@
 //! accumulated in a fixed order. Head groups only split work between threads (heads are computed
 //! independently), so results do not depend on the thread count.
 //!
-//! Memory: an item copies all its heads of the tile's Q (dO) rows and of the medium's K/V rows
-//! into head-major scratch in one sequential pass, runs register-blocked AVX2 products on the
-//! copies, and writes o/dq/dk/dv back with non-temporal stores. Scratch is kept per thread across
-//! calls (a few MiB at most for AllPrevious; ~1 MiB per thread at the benchmark shape).
+//! Scores are formed transposed, `Sᵀ = K Qᵀ` (`[keys × len]`), with the softmax taken down the
+//! columns, so the one transpose each head needs is of the tile's Q (and dO), never of the
+//! medium's K or V: the tiles partition the tokens, so no per-medium transpose exists and the
+//! transposes' total cost does not grow with M.
+//!
+//! Memory: an item copies all its heads of the tile's Q (dO) rows into head-major scratch in one
+//! sequential pass. Of the medium's K and V, only the operand a product uses as its right-hand
+//! side (a k × 16 strip reused across row blocks) is copied: V in the forward, K in the backward.
+//! The other is the left-hand side of `Sᵀ = K Qᵀ` or `dPᵀ = V dOᵀ`, read six rows at a time
+//! along the rows, which works in place. Outputs o/dq/dk/dv go back with non-temporal stores.
+//! Scratch is kept per thread across calls (a few MiB at most for AllPrevious; ~1 MiB per thread
+//! at the benchmark shape).
 use super::float::{exp_f32, Float};
 use super::simd::vectorized;
 use rayon::prelude::*;
@@ -425,15 +433,72 @@ mod kern_avx2 {
         }
     }
 
+    /// See `super::softmax_cols`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax_cols(x: *mut f32, n: usize, len: usize, scale: f32, lse: *mut f32) {
+        let len8 = len - len % 8;
+        let sv = _mm256_set1_ps(scale);
+        for i in (0..len8).step_by(8) {
+            let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+            for j in 0..n {
+                mv = _mm256_max_ps(mv, _mm256_loadu_ps(x.add(j * len + i)));
+            }
+            let mut acc = _mm256_setzero_ps();
+            for j in 0..n {
+                let pj = x.add(j * len + i);
+                let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(pj), mv), sv));
+                _mm256_storeu_ps(pj, e);
+                acc = _mm256_add_ps(acc, e);
+            }
+            let inv = _mm256_div_ps(_mm256_set1_ps(1.0), acc);
+            for j in 0..n {
+                let pj = x.add(j * len + i);
+                _mm256_storeu_ps(pj, _mm256_mul_ps(_mm256_loadu_ps(pj), inv));
+            }
+            let (mut m8, mut s8) = ([0.0f32; 8], [0.0f32; 8]);
+            _mm256_storeu_ps(m8.as_mut_ptr(), mv);
+            _mm256_storeu_ps(s8.as_mut_ptr(), acc);
+            for l in 0..8 {
+                *lse.add(i + l) = m8[l] * scale + s8[l].ln();
+            }
+        }
+        for i in len8..len {
+            *lse.add(i) = super::softmax_col_scalar(x.add(i), n, len, scale);
+        }
+    }
+
+    /// See `super::prob_grad_cols`.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn prob_grad_cols(p: *mut f32, dp: *mut f32, n: usize, len: usize, lse: *const f32, delta: *const f32, scale: f32) {
+        let len8 = len - len % 8;
+        let sv = _mm256_set1_ps(scale);
+        for j in 0..n {
+            let (pp, gp) = (p.add(j * len), dp.add(j * len));
+            for i in (0..len8).step_by(8) {
+                let e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(pp.add(i)), sv, _mm256_loadu_ps(lse.add(i))));
+                _mm256_storeu_ps(pp.add(i), e);
+                let g = _mm256_mul_ps(_mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(gp.add(i)), _mm256_loadu_ps(delta.add(i)))), sv);
+                _mm256_storeu_ps(gp.add(i), g);
+            }
+            for i in len8..len {
+                let e = exp_f32(*pp.add(i) * scale - *lse.add(i));
+                *pp.add(i) = e;
+                *gp.add(i) = e * (*gp.add(i) - *delta.add(i)) * scale;
+            }
+        }
+    }
+
 }
 
 /// Copies heads `h0..h0+hg` of `n` consecutive rows of a `[.., H, D]` tensor (row stride `hd`,
 /// `src` pointing at head 0 of the first row) into a head-major contiguous `[hg, n, D]` `dst`.
 ///
-/// The products never read head rows in place: rows of one head sit H·D floats apart (2 KiB for
-/// H·D = 512), so they all map to the same L1 cache set and re-reading them misses L1 on every
-/// row. Copying all heads of a row at once also reads memory sequentially (measured: per-head
-/// strided copies cost 20% of the time, mostly cache misses).
+/// A product's right-hand side is never read in place: rows of one head sit H·D floats apart
+/// (2 KiB for H·D = 512), so a k × 16 strip of them maps to two L1 cache sets and re-reading it
+/// for every row block misses L1 on every row (measured: reading V and K in place as right-hand
+/// sides made the M-doubling worse, +11 % against +10 %). Copying all heads of a row at once also
+/// reads memory sequentially (measured: per-head strided copies cost 20% of the time, mostly cache
+/// misses).
 ///
 /// # Safety
 /// The source block must be in bounds; `dst` holds at least `hg·n·d` elements.
@@ -525,6 +590,76 @@ pub(super) fn prob_grad_row(p: &mut [f32], dp: &mut [f32], lse: f32, delta: f32,
     for (x, g) in p.iter_mut().zip(dp.iter_mut()) {
         *x = exp_f32(*x * scale - lse);
         *g = *x * (*g - delta) * scale;
+    }
+}
+
+/// Softmax of column `x[j·len]`, j < n, in place (see [`softmax_cols`]); returns its log-sum-exp.
+///
+/// # Safety
+/// `x[j·len]` must be valid for j < n.
+unsafe fn softmax_col_scalar(x: *mut f32, n: usize, len: usize, scale: f32) -> f32 {
+    let mut mx = f32::NEG_INFINITY;
+    for j in 0..n {
+        mx = mx.max(*x.add(j * len));
+    }
+    let mut sum = 0.0;
+    for j in 0..n {
+        let e = exp_f32((*x.add(j * len) - mx) * scale);
+        *x.add(j * len) = e;
+        sum += e;
+    }
+    let inv = 1.0 / sum;
+    for j in 0..n {
+        *x.add(j * len) *= inv;
+    }
+    mx * scale + sum.ln()
+}
+
+/// Softmax down each column of the transposed scores `x [n keys × len queries]` (row-major) at
+/// temperature `scale`, in place; `lse[i]` receives column i's log-sum-exp. Eight columns (queries)
+/// at a time share the vector lanes, so no row needs a horizontal reduction.
+fn softmax_cols(x: &mut [f32], n: usize, len: usize, scale: f32, lse: &mut [f32]) {
+    let (x, lse) = (&mut x[..n * len], &mut lse[..len]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: AVX2 and FMA were detected; both slices have the sizes used (sliced above).
+            return unsafe { kern_avx2::softmax_cols(x.as_mut_ptr(), n, len, scale, lse.as_mut_ptr()) };
+        }
+    }
+    softmax_cols_portable(x, n, len, scale, lse)
+}
+
+/// [`softmax_cols`] without SIMD (the fallback; also tested against the SIMD path).
+fn softmax_cols_portable(x: &mut [f32], n: usize, len: usize, scale: f32, lse: &mut [f32]) {
+    let (x, lse) = (&mut x[..n * len], &mut lse[..len]);
+    for (i, l) in lse.iter_mut().enumerate() {
+        // SAFETY: column i of the n × len block is in bounds (sliced above).
+        *l = unsafe { softmax_col_scalar(x.as_mut_ptr().add(i), n, len, scale) };
+    }
+}
+
+/// Backward on transposed scores `p, dp [n keys × len queries]`: `p ← e^(p·scale − lse[i])` (raw
+/// scores in, probabilities out) and `dp ← p ∘ (dp − delta[i]) · scale`, for column (query) i.
+fn prob_grad_cols(p: &mut [f32], dp: &mut [f32], n: usize, len: usize, lse: &[f32], delta: &[f32], scale: f32) {
+    let (p, dp, lse, delta) = (&mut p[..n * len], &mut dp[..n * len], &lse[..len], &delta[..len]);
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx2::available() {
+            // SAFETY: AVX2 and FMA were detected; every slice has the size used (sliced above).
+            return unsafe { kern_avx2::prob_grad_cols(p.as_mut_ptr(), dp.as_mut_ptr(), n, len, lse.as_ptr(), delta.as_ptr(), scale) };
+        }
+    }
+    prob_grad_cols_portable(p, dp, len, lse, delta, scale)
+}
+
+/// [`prob_grad_cols`] without SIMD (the fallback; also tested against the SIMD path).
+fn prob_grad_cols_portable(p: &mut [f32], dp: &mut [f32], len: usize, lse: &[f32], delta: &[f32], scale: f32) {
+    for (prow, gprow) in p.chunks_exact_mut(len).zip(dp.chunks_exact_mut(len)) {
+        for i in 0..len {
+            prow[i] = exp_f32(prow[i] * scale - lse[i]);
+            gprow[i] = prow[i] * (gprow[i] - delta[i]) * scale;
+        }
     }
 }
 
@@ -622,20 +757,23 @@ pub fn masked_xattn_forward(
         // SAFETY: operands are in bounds (lengths checked above); outputs are this item's own.
         unsafe {
             gather_heads(q.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.q);
-            gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
             gather_heads(v.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.v);
             for g in 0..hg {
                 let h = h0 + g;
-                let (qh, kh, vh) = (&sc.q[g * len * d..], &sc.k[g * n * d..(g + 1) * n * d], &sc.v[g * n * d..]);
-                transpose(kh, n, d, &mut sc.kt);
-                let sc_s = &mut sc.s[..len * n];
-                // S = Q Kᵀ  [len × n]
-                small_mm(len, n, d, qh.as_ptr(), d, 1, sc.kt.as_ptr(), n, sc_s.as_mut_ptr(), n, false);
-                for (i, row) in sc_s.chunks_exact_mut(n).enumerate() {
-                    *lp.get().add((tile.b * s.t + tile.t0 + i) * s.h + h) = softmax_row(row, scale);
+                let (qh, vh) = (&sc.q[g * len * d..(g + 1) * len * d], &sc.v[g * n * d..]);
+                let kh = k.as_ptr().add(key0 + h * d);
+                // Scores are formed transposed, Sᵀ = K Qᵀ [n × len], so the transpose is of the
+                // tile's Q, not of the medium's K: the tiles partition the tokens, so the
+                // transposes' total cost does not grow with M.
+                transpose(qh, len, d, &mut sc.qt);
+                let st = &mut sc.s[..n * len];
+                small_mm(n, len, d, kh, hd, 1, sc.qt.as_ptr(), len, st.as_mut_ptr(), len, false);
+                softmax_cols(st, n, len, scale, &mut sc.lse);
+                for (i, &l) in sc.lse[..len].iter().enumerate() {
+                    *lp.get().add((tile.b * s.t + tile.t0 + i) * s.h + h) = l;
                 }
-                // O = P V  [len × D], into the [len, hg·D] output block
-                small_mm(len, d, n, sc_s.as_ptr(), n, 1, vh.as_ptr(), d, sc.o.as_mut_ptr().add(g * d), hg * d, false);
+                // O = P V = (Sᵀ)ᵀ V  [len × D], into the [len, hg·D] output block
+                small_mm(len, d, n, st.as_ptr(), 1, len, vh.as_ptr(), d, sc.o.as_mut_ptr().add(g * d), hg * d, false);
             }
             scatter_rows(&sc.o, len, hg * d, op.get().add(row0 + h0 * d), hd);
         }
@@ -646,8 +784,8 @@ pub fn masked_xattn_forward(
             grow(&mut sc.s, TILE * max_keys);
             grow(&mut sc.o, TILE * hpg * s.d);
             grow(&mut sc.q, hpg * TILE * s.d);
-            grow(&mut sc.k, hpg * max_keys * s.d);
-            grow(&mut sc.kt, max_keys * s.d);
+            grow(&mut sc.qt, TILE * s.d);
+            grow(&mut sc.lse, TILE);
             grow(&mut sc.v, hpg * max_keys * s.d);
             work(sc, item)
         })
@@ -676,14 +814,18 @@ thread_local! {
     static BWD_SCRATCH: std::cell::RefCell<BwdScratch> = std::cell::RefCell::new(BwdScratch::default());
 }
 
-/// Per-thread scratch of the forward: scores, and head-major copies of the tile's operands.
+/// Per-thread scratch of the forward: transposed scores, and head-major copies of the tile's
+/// operands.
 #[derive(Default)]
 struct FwdScratch {
     s: Vec<f32>,
     o: Vec<f32>,
     q: Vec<f32>,
-    k: Vec<f32>,
-    kt: Vec<f32>,
+    /// One head's Q of the tile, transposed: `[D, len]`.
+    qt: Vec<f32>,
+    /// One head's log-sum-exp of the tile's tokens.
+    lse: Vec<f32>,
+    /// The medium's V rows, head-major `[hg, n, D]` (K is read in place).
     v: Vec<f32>,
 }
 
@@ -694,10 +836,13 @@ struct BwdScratch {
     dp: Vec<f32>,
     q: Vec<f32>,
     d_o: Vec<f32>,
+    /// The medium's K rows, head-major `[hg, n, D]` (V is read in place).
     k: Vec<f32>,
-    kt: Vec<f32>,
-    v: Vec<f32>,
-    vt: Vec<f32>,
+    /// One head's Q and dO of the tile, transposed: `[D, len]`.
+    qt: Vec<f32>,
+    dot: Vec<f32>,
+    /// One head's forward log-sum-exp of the tile's tokens.
+    lse: Vec<f32>,
     delta: Vec<f32>,
     /// dq of the tile, `[len, hg·D]`.
     dq: Vec<f32>,
@@ -787,7 +932,6 @@ pub fn masked_xattn_backward(
                 gather_heads(q.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.q);
                 gather_heads(d_o.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.d_o);
                 gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
-                gather_heads(v.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.v);
                 // delta[g, i] = do · o over D, reading o row by row (all heads of a row are adjacent)
                 vectorized(
                     #[inline(always)]
@@ -816,28 +960,30 @@ pub fn masked_xattn_backward(
                 }
                 for g in 0..hg {
                     let h = h0 + g;
-                    let (p, dp) = (&mut sc.p[..len * n], &mut sc.dp[..len * n]);
+                    // P and dP are kept transposed, [n × len] (see the forward).
+                    let (p, dp) = (&mut sc.p[..n * len], &mut sc.dp[..n * len]);
                     let qc = &sc.q[g * len * d..(g + 1) * len * d];
                     let doc = &sc.d_o[g * len * d..(g + 1) * len * d];
-                    let (kc, vc) = (&sc.k[g * n * d..(g + 1) * n * d], &sc.v[g * n * d..(g + 1) * n * d]);
+                    let kc = &sc.k[g * n * d..(g + 1) * n * d];
+                    let vc = v.as_ptr().add(key0 + h * d);
                     let delta = &sc.delta[g * len..(g + 1) * len];
-                    transpose(kc, n, d, &mut sc.kt);
-                    transpose(vc, n, d, &mut sc.vt);
-                    // S = Q Kᵀ (P = e^(scale·S − lse) below); dP = dO Vᵀ
-                    small_mm(len, n, d, qc.as_ptr(), d, 1, sc.kt.as_ptr(), n, p.as_mut_ptr(), n, false);
-                    small_mm(len, n, d, doc.as_ptr(), d, 1, sc.vt.as_ptr(), n, dp.as_mut_ptr(), n, false);
-                    for (i, (prow, dprow)) in p.chunks_exact_mut(n).zip(dp.chunks_exact_mut(n)).enumerate() {
-                        let l = lse[(b * s.t + tile.t0 + i) * s.h + h];
-                        prob_grad_row(prow, dprow, l, delta[i], scale);
+                    transpose(qc, len, d, &mut sc.qt);
+                    transpose(doc, len, d, &mut sc.dot);
+                    for (i, l) in sc.lse[..len].iter_mut().enumerate() {
+                        *l = lse[(b * s.t + tile.t0 + i) * s.h + h];
                     }
-                    // dQ = (scale·dS) K, into the [len, hg·D] block
-                    small_mm(len, d, n, dp.as_ptr(), n, 1, kc.as_ptr(), d, sc.dq.as_mut_ptr().add(g * d), hg * d, false);
+                    // Sᵀ = K Qᵀ (Pᵀ = e^(scale·Sᵀ − lse) below); dPᵀ = V dOᵀ
+                    small_mm(n, len, d, kc.as_ptr(), d, 1, sc.qt.as_ptr(), len, p.as_mut_ptr(), len, false);
+                    small_mm(n, len, d, vc, hd, 1, sc.dot.as_ptr(), len, dp.as_mut_ptr(), len, false);
+                    prob_grad_cols(p, dp, n, len, &sc.lse, delta, scale);
+                    // dQ = (scale·dS) K = ((scale·dS)ᵀ)ᵀ K, into the [len, hg·D] block
+                    small_mm(len, d, n, dp.as_ptr(), 1, len, kc.as_ptr(), d, sc.dq.as_mut_ptr().add(g * d), hg * d, false);
                     // dK (+)= (scale·dS)ᵀ Q, dV (+)= Pᵀ dO, into each medium's slot
                     for &(m, slot, acc) in &sc.acc {
                         let j0 = m * s.r - k0;
                         let kj = slot * s.r * hg * d + g * d;
-                        small_mm(s.r, d, len, dp.as_ptr().add(j0), 1, n, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
-                        small_mm(s.r, d, len, p.as_ptr().add(j0), 1, n, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
+                        small_mm(s.r, d, len, dp.as_ptr().add(j0 * len), len, 1, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
+                        small_mm(s.r, d, len, p.as_ptr().add(j0 * len), len, 1, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
                     }
                 }
                 scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd);
@@ -870,9 +1016,9 @@ pub fn masked_xattn_backward(
             grow(&mut sc.q, hpg * TILE * s.d);
             grow(&mut sc.d_o, hpg * TILE * s.d);
             grow(&mut sc.k, hpg * max_keys * s.d);
-            grow(&mut sc.kt, max_keys * s.d);
-            grow(&mut sc.v, hpg * max_keys * s.d);
-            grow(&mut sc.vt, max_keys * s.d);
+            grow(&mut sc.qt, TILE * s.d);
+            grow(&mut sc.dot, TILE * s.d);
+            grow(&mut sc.lse, TILE);
             grow(&mut sc.delta, hpg * TILE);
             grow(&mut sc.dq, TILE * hpg * s.d);
             grow(&mut sc.dk, mr * hpg * s.d);
@@ -1250,6 +1396,58 @@ mod tests {
                     assert!((fd - grad[i]).abs() < 1e-7, "{mode:?} grad {which}[{i}]: fd {fd} vs {}", grad[i]);
                 }
             }
+        }
+    }
+
+    /// The column softmax and its backward (SIMD path with a scalar tail, and the portable
+    /// fallback) against a direct f64 computation, on a block whose width is not a multiple of 8.
+    #[test]
+    fn xattn_column_kernels_match_direct_formulas() {
+        let mut rng = Lcg(7);
+        let (n, len, scale) = (7, 13, 0.37f32);
+        let x = rng.vec(n * len, 3.0);
+        let g = rng.vec(n * len, 1.0);
+        let (lse_in, delta) = (rng.vec(len, 2.0), rng.vec(len, 0.5));
+        // direct: column i's softmax and log-sum-exp; p = e^(x·scale − lse), dp = p(g − δ)·scale
+        let mut want_p = vec![0.0f64; n * len];
+        let mut want_lse = vec![0.0f64; len];
+        for i in 0..len {
+            let col: Vec<f64> = (0..n).map(|j| x[j * len + i] as f64 * scale as f64).collect();
+            let mx = col.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = col.iter().map(|c| (c - mx).exp()).sum();
+            want_lse[i] = mx + sum.ln();
+            for j in 0..n {
+                want_p[j * len + i] = (col[j] - want_lse[i]).exp();
+            }
+        }
+        let close = |got: &[f32], want: &[f64], what: &str| {
+            for (i, (&a, &b)) in got.iter().zip(want).enumerate() {
+                assert!((a as f64 - b).abs() <= 1e-5 * (1.0 + b.abs()), "{what}[{i}]: {a} vs {b}");
+            }
+        };
+        type Softmax = fn(&mut [f32], usize, usize, f32, &mut [f32]);
+        type ProbGrad = fn(&mut [f32], &mut [f32], usize, &[f32], &[f32], f32);
+        let simd_grad: ProbGrad = |p, dp, len, l, d, s| prob_grad_cols(p, dp, p.len() / len, len, l, d, s);
+        let paths: [(&str, Softmax, ProbGrad); 2] =
+            [("dispatched", softmax_cols, simd_grad), ("portable", softmax_cols_portable, prob_grad_cols_portable)];
+        for (name, softmax, prob_grad) in paths {
+            let (mut p, mut lse) = (x.clone(), vec![0.0f32; len]);
+            softmax(&mut p, n, len, scale, &mut lse);
+            close(&p, &want_p, &format!("{name} softmax"));
+            close(&lse, &want_lse, &format!("{name} lse"));
+            let (mut p, mut dp) = (x.clone(), g.clone());
+            prob_grad(&mut p, &mut dp, len, &lse_in, &delta, scale);
+            let mut want_p2 = vec![0.0f64; n * len];
+            let mut want_dp = vec![0.0f64; n * len];
+            for j in 0..n {
+                for i in 0..len {
+                    let e = (x[j * len + i] as f64 * scale as f64 - lse_in[i] as f64).exp();
+                    want_p2[j * len + i] = e;
+                    want_dp[j * len + i] = e * (g[j * len + i] as f64 - delta[i] as f64) * scale as f64;
+                }
+            }
+            close(&p, &want_p2, &format!("{name} prob"));
+            close(&dp, &want_dp, &format!("{name} score gradient"));
         }
     }
 
