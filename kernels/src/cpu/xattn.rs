@@ -433,61 +433,98 @@ mod kern_avx2 {
         }
     }
 
-    /// See `super::softmax_cols`.
+    /// Loads 8 lanes (`FULL`) or the lanes of `mask` (the rest read as 0, nothing read there).
+    #[inline(always)]
+    unsafe fn ld<const FULL: bool>(p: *const f32, mask: __m256i) -> __m256 {
+        if FULL {
+            _mm256_loadu_ps(p)
+        } else {
+            _mm256_maskload_ps(p, mask)
+        }
+    }
+
+    /// Stores 8 lanes (`FULL`) or the lanes of `mask`.
+    #[inline(always)]
+    unsafe fn st<const FULL: bool>(p: *mut f32, mask: __m256i, v: __m256) {
+        if FULL {
+            _mm256_storeu_ps(p, v)
+        } else {
+            _mm256_maskstore_ps(p, mask, v)
+        }
+    }
+
+    /// Lanes `0..w` set.
+    #[inline(always)]
+    unsafe fn lanes_below(w: usize) -> __m256i {
+        _mm256_cmpgt_epi32(_mm256_set1_epi32(w as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    }
+
+    /// Softmax of columns `i..i+8` (or the lanes of `mask`) of an `n × len` block.
+    #[inline(always)]
+    unsafe fn softmax_col8<const FULL: bool>(x: *mut f32, n: usize, len: usize, i: usize, scale: f32, lse: *mut f32, mask: __m256i) {
+        let sv = _mm256_set1_ps(scale);
+        let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+        for j in 0..n {
+            mv = _mm256_max_ps(mv, ld::<FULL>(x.add(j * len + i), mask));
+        }
+        let mut acc = _mm256_setzero_ps();
+        for j in 0..n {
+            let pj = x.add(j * len + i);
+            let e = exp8(_mm256_mul_ps(_mm256_sub_ps(ld::<FULL>(pj, mask), mv), sv));
+            st::<FULL>(pj, mask, e);
+            acc = _mm256_add_ps(acc, e);
+        }
+        let inv = _mm256_div_ps(_mm256_set1_ps(1.0), acc);
+        for j in 0..n {
+            let pj = x.add(j * len + i);
+            st::<FULL>(pj, mask, _mm256_mul_ps(ld::<FULL>(pj, mask), inv));
+        }
+        let (mut m8, mut s8) = ([0.0f32; 8], [0.0f32; 8]);
+        _mm256_storeu_ps(m8.as_mut_ptr(), mv);
+        _mm256_storeu_ps(s8.as_mut_ptr(), acc);
+        for l in 0..(len - i).min(8) {
+            *lse.add(i + l) = m8[l] * scale + s8[l].ln();
+        }
+    }
+
+    /// See `super::softmax_cols`. Eight columns at a time; a last partial group uses masked lanes,
+    /// so narrow tiles (a few tokens per image) stay vectorised.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn softmax_cols(x: *mut f32, n: usize, len: usize, scale: f32, lse: *mut f32) {
         let len8 = len - len % 8;
-        let sv = _mm256_set1_ps(scale);
+        let all = _mm256_set1_epi32(-1);
         for i in (0..len8).step_by(8) {
-            let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
-            for j in 0..n {
-                mv = _mm256_max_ps(mv, _mm256_loadu_ps(x.add(j * len + i)));
-            }
-            let mut acc = _mm256_setzero_ps();
-            for j in 0..n {
-                let pj = x.add(j * len + i);
-                let e = exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(pj), mv), sv));
-                _mm256_storeu_ps(pj, e);
-                acc = _mm256_add_ps(acc, e);
-            }
-            let inv = _mm256_div_ps(_mm256_set1_ps(1.0), acc);
-            for j in 0..n {
-                let pj = x.add(j * len + i);
-                _mm256_storeu_ps(pj, _mm256_mul_ps(_mm256_loadu_ps(pj), inv));
-            }
-            let (mut m8, mut s8) = ([0.0f32; 8], [0.0f32; 8]);
-            _mm256_storeu_ps(m8.as_mut_ptr(), mv);
-            _mm256_storeu_ps(s8.as_mut_ptr(), acc);
-            for l in 0..8 {
-                *lse.add(i + l) = m8[l] * scale + s8[l].ln();
-            }
+            softmax_col8::<true>(x, n, len, i, scale, lse, all);
         }
-        for i in len8..len {
-            *lse.add(i) = super::softmax_col_scalar(x.add(i), n, len, scale);
+        if len8 < len {
+            softmax_col8::<false>(x, n, len, len8, scale, lse, lanes_below(len - len8));
         }
     }
 
-    /// See `super::prob_grad_cols`.
+    /// `p`/`dp` update of columns `i..i+8` (or the lanes of `mask`) of row `j`.
+    #[inline(always)]
+    unsafe fn prob_grad8<const FULL: bool>(pp: *mut f32, gp: *mut f32, i: usize, lse: *const f32, delta: *const f32, sv: __m256, mask: __m256i) {
+        let e = exp8(_mm256_fmsub_ps(ld::<FULL>(pp.add(i), mask), sv, ld::<FULL>(lse.add(i), mask)));
+        st::<FULL>(pp.add(i), mask, e);
+        let g = _mm256_mul_ps(_mm256_mul_ps(e, _mm256_sub_ps(ld::<FULL>(gp.add(i), mask), ld::<FULL>(delta.add(i), mask))), sv);
+        st::<FULL>(gp.add(i), mask, g);
+    }
+
+    /// See `super::prob_grad_cols` (a last partial group of columns uses masked lanes).
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn prob_grad_cols(p: *mut f32, dp: *mut f32, n: usize, len: usize, lse: *const f32, delta: *const f32, scale: f32) {
         let len8 = len - len % 8;
-        let sv = _mm256_set1_ps(scale);
+        let (sv, all, tail) = (_mm256_set1_ps(scale), _mm256_set1_epi32(-1), lanes_below(len - len8));
         for j in 0..n {
             let (pp, gp) = (p.add(j * len), dp.add(j * len));
             for i in (0..len8).step_by(8) {
-                let e = exp8(_mm256_fmsub_ps(_mm256_loadu_ps(pp.add(i)), sv, _mm256_loadu_ps(lse.add(i))));
-                _mm256_storeu_ps(pp.add(i), e);
-                let g = _mm256_mul_ps(_mm256_mul_ps(e, _mm256_sub_ps(_mm256_loadu_ps(gp.add(i)), _mm256_loadu_ps(delta.add(i)))), sv);
-                _mm256_storeu_ps(gp.add(i), g);
+                prob_grad8::<true>(pp, gp, i, lse, delta, sv, all);
             }
-            for i in len8..len {
-                let e = exp_f32(*pp.add(i) * scale - *lse.add(i));
-                *pp.add(i) = e;
-                *gp.add(i) = e * (*gp.add(i) - *delta.add(i)) * scale;
+            if len8 < len {
+                prob_grad8::<false>(pp, gp, len8, lse, delta, sv, tail);
             }
         }
     }
-
 }
 
 /// Copies heads `h0..h0+hg` of `n` consecutive rows of a `[.., H, D]` tensor (row stride `hd`,
@@ -1404,7 +1441,14 @@ mod tests {
     #[test]
     fn xattn_column_kernels_match_direct_formulas() {
         let mut rng = Lcg(7);
-        let (n, len, scale) = (7, 13, 0.37f32);
+        // 13 columns: one full group of 8 and a masked one of 5; 3 columns: only a masked group
+        for (n, len) in [(7, 13), (5, 3)] {
+            column_kernels_case(&mut rng, n, len);
+        }
+    }
+
+    fn column_kernels_case(rng: &mut Lcg, n: usize, len: usize) {
+        let scale = 0.37f32;
         let x = rng.vec(n * len, 3.0);
         let g = rng.vec(n * len, 1.0);
         let (lse_in, delta) = (rng.vec(len, 2.0), rng.vec(len, 0.5));
