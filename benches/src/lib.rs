@@ -7,6 +7,10 @@
 //! Timing method (identical in `benches/torch/ops_bench.py`): warm up for ≥ 3 calls and ~0.3 s,
 //! then group calls so each sample lasts ≥ 20 ms, and report the median per-call time of 21
 //! samples (15 with `quick`).
+//!
+//! Cases whose ratio is the point (the masked cross-attention at M and 2M) are timed together:
+//! their samples alternate (A B, B A, A B, …), so drift on a shared machine hits both alike; each
+//! still reports its own median ([`suites::interleaved`] names the groups).
 use flamingo_engine::{no_grad, DType, Rng, Tensor};
 use serde::Serialize;
 use std::time::Instant;
@@ -44,14 +48,7 @@ pub struct Case {
 
 /// Median per-call milliseconds of `f`, by the method in the crate docs.
 pub fn time_median_ms(f: &mut dyn FnMut(), quick: bool) -> f64 {
-    let warm_start = Instant::now();
-    let mut warm_calls = 0;
-    while warm_calls < 3 || warm_start.elapsed().as_secs_f64() < if quick { 0.1 } else { 0.3 } {
-        f();
-        warm_calls += 1;
-    }
-    let per_call = warm_start.elapsed().as_secs_f64() / warm_calls as f64;
-    let calls = ((0.02 / per_call).ceil() as usize).max(1);
+    let calls = warm_up(f, quick);
     let samples = if quick { 15 } else { 21 };
     let mut times: Vec<f64> = (0..samples)
         .map(|_| {
@@ -64,6 +61,45 @@ pub fn time_median_ms(f: &mut dyn FnMut(), quick: bool) -> f64 {
         .collect();
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     times[times.len() / 2]
+}
+
+/// Calls per sample so that one sample of `f` lasts ≥ 20 ms, after the warm-up of
+/// [`time_median_ms`].
+fn warm_up(f: &mut dyn FnMut(), quick: bool) -> usize {
+    let warm_start = Instant::now();
+    let mut warm_calls = 0;
+    while warm_calls < 3 || warm_start.elapsed().as_secs_f64() < if quick { 0.1 } else { 0.3 } {
+        f();
+        warm_calls += 1;
+    }
+    let per_call = warm_start.elapsed().as_secs_f64() / warm_calls as f64;
+    ((0.02 / per_call).ceil() as usize).max(1)
+}
+
+/// Median per-call milliseconds of each of `fs`, timed together: every case is warmed up as in
+/// [`time_median_ms`], then the samples alternate between the cases, in forward order on even
+/// samples and reverse order on odd ones.
+pub fn time_medians_interleaved(fs: &mut [&mut dyn FnMut()], quick: bool) -> Vec<f64> {
+    let calls: Vec<usize> = fs.iter_mut().map(|f| warm_up(&mut **f, quick)).collect();
+    let samples = if quick { 15 } else { 21 };
+    let mut times = vec![Vec::with_capacity(samples); fs.len()];
+    for s in 0..samples {
+        let order: Vec<usize> = if s % 2 == 0 { (0..fs.len()).collect() } else { (0..fs.len()).rev().collect() };
+        for i in order {
+            let t = Instant::now();
+            for _ in 0..calls[i] {
+                fs[i]();
+            }
+            times[i].push(t.elapsed().as_secs_f64() * 1e3 / calls[i] as f64);
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            t[t.len() / 2]
+        })
+        .collect()
 }
 
 /// Runs a named suite (optionally only some cases) and returns one row per case.
@@ -80,15 +116,30 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
             }
         }
     }
-    let mut rows = Vec::new();
-    for mut c in all {
-        if let Some(want) = cases {
-            if !want.iter().any(|w| w == c.name) {
-                continue;
-            }
+    let mut chosen: Vec<Case> = all.into_iter().filter(|c| cases.is_none_or(|want| want.iter().any(|w| w == c.name))).collect();
+    // Groups timed together (see the crate docs), when at least two of their cases were chosen.
+    let mut ms: Vec<Option<f64>> = vec![None; chosen.len()];
+    for group in suites::interleaved(suite) {
+        let idx: Vec<usize> = (0..chosen.len()).filter(|&i| group.contains(&chosen[i].name)).collect();
+        if idx.len() < 2 {
+            continue;
         }
-        progress(c.name);
-        let ms = time_median_ms(&mut c.run, quick);
+        let names: Vec<&str> = idx.iter().map(|&i| chosen[i].name).collect();
+        progress(&names.join(" + "));
+        let mut fs: Vec<&mut dyn FnMut()> = chosen.iter_mut().enumerate().filter(|(i, _)| idx.contains(i)).map(|(_, c)| &mut *c.run as &mut dyn FnMut()).collect();
+        for (&i, t) in idx.iter().zip(time_medians_interleaved(&mut fs, quick)) {
+            ms[i] = Some(t);
+        }
+    }
+    let mut rows = Vec::new();
+    for (c, done) in chosen.iter_mut().zip(ms) {
+        let ms = match done {
+            Some(ms) => ms,
+            None => {
+                progress(c.name);
+                time_median_ms(&mut c.run, quick)
+            }
+        };
         rows.push(BenchRow {
             suite: suite.to_string(),
             case: c.name.to_string(),

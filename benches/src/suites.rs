@@ -16,6 +16,16 @@ pub fn cases(suite: &str) -> Result<Vec<Case>, String> {
     }
 }
 
+/// Groups of `suite`'s cases that are timed together, samples alternating (see the crate docs):
+/// the cases whose ratio a target is stated on.
+pub fn interleaved(suite: &str) -> &'static [&'static [&'static str]] {
+    match suite {
+        // issue 6: doubling M must leave the fused cross-attention's time within 10 %
+        "fused" => &[&["masked_xattn_fwd_bwd", "masked_xattn_fwd_bwd_m8"]],
+        _ => &[],
+    }
+}
+
 /// Single-op throughput and per-op overhead, f32.
 fn ops() -> Vec<Case> {
     let mut v = Vec::new();

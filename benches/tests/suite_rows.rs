@@ -29,3 +29,42 @@ fn unknown_suite_and_case_are_errors() {
     assert!(run_suite("nope", None, true, |_| {}).unwrap_err().contains("unknown suite"));
     assert!(run_suite("ops", Some(&["nope".to_string()]), true, |_| {}).unwrap_err().contains("no case `nope`"));
 }
+
+#[test]
+fn interleaved_groups_name_cases_of_their_suite() {
+    for suite in ["ops", "model", "fused"] {
+        let names: Vec<&str> = suites::cases(suite).unwrap().iter().map(|c| c.name).collect();
+        for group in suites::interleaved(suite) {
+            assert!(group.len() >= 2, "{suite}: a group of one case");
+            for name in group.iter() {
+                assert!(names.contains(name), "{suite}: interleaved case {name} is not in the suite");
+            }
+        }
+    }
+    assert!(!suites::interleaved("fused").is_empty(), "the M-doubling pair is timed together");
+}
+
+/// The samples of the two cases alternate (A B, B A, A B, …): the run-length encoding of the call
+/// log is the two warm-ups, the first sample's A, one merged run per sample boundary, and the
+/// last sample's B. Timing the cases one after the other would give four runs.
+#[test]
+fn interleaved_timing_alternates_the_samples() {
+    use std::cell::RefCell;
+    let log: RefCell<Vec<(char, usize)>> = RefCell::new(Vec::new());
+    let call = |who: char| {
+        std::thread::sleep(std::time::Duration::from_micros(500));
+        let mut l = log.borrow_mut();
+        match l.last_mut() {
+            Some((w, n)) if *w == who => *n += 1,
+            _ => l.push((who, 1)),
+        }
+    };
+    let (mut a, mut b) = (|| call('A'), || call('B'));
+    let medians = flamingo_benches::time_medians_interleaved(&mut [&mut a, &mut b], true);
+    assert_eq!(medians.len(), 2);
+    assert!(medians.iter().all(|&m| m > 0.0));
+    let runs: Vec<char> = log.borrow().iter().map(|r| r.0).collect();
+    let samples = 15; // quick
+    assert_eq!(runs.len(), samples + 3, "runs of calls: {runs:?}");
+    assert_eq!(&runs[..3], &['A', 'B', 'A']);
+}
