@@ -73,18 +73,68 @@ fn cases(dev: Device) -> flamingo_engine::Result<Vec<GpuCase>> {
     let dst = Tensor::try_full(&[n], 0.0, DType::F32, dev)?;
     let b4 = 4.0 * n as f64;
     let (xs, dsts) = (x.clone(), dst.clone());
-    v.push(GpuCase { name: "memcpy_d2d", shape: format!("{n}"), dtype: DType::F32, flops: 0.0, bytes: 2.0 * b4, run: Box::new(move || { raw::memcpy(&dsts, &xs)?; raw::synchronize(dev) }) });
+    v.push(GpuCase {
+        name: "memcpy_d2d",
+        shape: format!("{n}"),
+        dtype: DType::F32,
+        flops: 0.0,
+        bytes: 2.0 * b4,
+        run: Box::new(move || {
+            raw::memcpy(&dsts, &xs)?;
+            raw::synchronize(dev)
+        }),
+    });
     let xs = x.clone();
-    v.push(GpuCase { name: "copy_kernel", shape: format!("{n}"), dtype: DType::F32, flops: 0.0, bytes: 2.0 * b4, run: Box::new(move || { raw::copy_kernel(&xs)?; raw::synchronize(dev) }) });
+    v.push(GpuCase {
+        name: "copy_kernel",
+        shape: format!("{n}"),
+        dtype: DType::F32,
+        flops: 0.0,
+        bytes: 2.0 * b4,
+        run: Box::new(move || {
+            raw::copy_kernel(&xs)?;
+            raw::synchronize(dev)
+        }),
+    });
     let (xs, ys) = (x.clone(), y.clone());
-    v.push(GpuCase { name: "add_f32", shape: format!("{n}"), dtype: DType::F32, flops: n as f64, bytes: 3.0 * b4, run: Box::new(move || { no_grad(|| xs.add(&ys))?; raw::synchronize(dev) }) });
+    v.push(GpuCase {
+        name: "add_f32",
+        shape: format!("{n}"),
+        dtype: DType::F32,
+        flops: n as f64,
+        bytes: 3.0 * b4,
+        run: Box::new(move || {
+            no_grad(|| xs.add(&ys))?;
+            raw::synchronize(dev)
+        }),
+    });
     let xs = x.clone();
-    v.push(GpuCase { name: "gelu_f32", shape: format!("{n}"), dtype: DType::F32, flops: 8.0 * n as f64, bytes: 2.0 * b4, run: Box::new(move || { no_grad(|| xs.gelu())?; raw::synchronize(dev) }) });
+    v.push(GpuCase {
+        name: "gelu_f32",
+        shape: format!("{n}"),
+        dtype: DType::F32,
+        flops: 8.0 * n as f64,
+        bytes: 2.0 * b4,
+        run: Box::new(move || {
+            no_grad(|| xs.gelu())?;
+            raw::synchronize(dev)
+        }),
+    });
     let (rows, cols) = (8192usize, 4096usize);
     let s = rand(&[rows, cols], DType::F32, dev, 5)?;
     let sb = 4.0 * (rows * cols) as f64;
     let ss = s.clone();
-    v.push(GpuCase { name: "softmax_f32", shape: format!("{rows}x{cols}"), dtype: DType::F32, flops: 5.0 * (rows * cols) as f64, bytes: 2.0 * sb, run: Box::new(move || { no_grad(|| ss.softmax(-1))?; raw::synchronize(dev) }) });
+    v.push(GpuCase {
+        name: "softmax_f32",
+        shape: format!("{rows}x{cols}"),
+        dtype: DType::F32,
+        flops: 5.0 * (rows * cols) as f64,
+        bytes: 2.0 * sb,
+        run: Box::new(move || {
+            no_grad(|| ss.softmax(-1))?;
+            raw::synchronize(dev)
+        }),
+    });
     let (w, bias) = (rand(&[cols], DType::F32, dev, 6)?, rand(&[cols], DType::F32, dev, 7)?);
     let ss = s.clone();
     v.push(GpuCase {
@@ -196,7 +246,13 @@ fn xattn_cases(dev: Device, v: &mut Vec<GpuCase>) -> flamingo_engine::Result<()>
         let media = host_media.to_device(dev)?;
         let flops = 3.0 * (b * (t - 8) * h) as f64 * 4.0 * (r * d) as f64;
         // (dtype, fused, keep bf16 off the tensor cores, media index on the host as in the model)
-        for (dtype, fused, no_tc, on_host) in [(DType::F32, true, false, false), (DType::BF16, true, false, false), (DType::BF16, true, true, false), (DType::F32, false, false, false), (DType::BF16, true, false, true)] {
+        for (dtype, fused, no_tc, on_host) in [
+            (DType::F32, true, false, false),
+            (DType::BF16, true, false, false),
+            (DType::BF16, true, true, false),
+            (DType::F32, false, false, false),
+            (DType::BF16, true, false, true),
+        ] {
             let q = rand(&[b, t, h, d], dtype, dev, 11)?.requires_grad_(true);
             let k = rand(&[b, m, r, h, d], dtype, dev, 12)?.requires_grad_(true);
             let vv = rand(&[b, m, r, h, d], dtype, dev, 13)?.requires_grad_(true);
@@ -259,10 +315,17 @@ pub fn run(dev: Device, cases_wanted: Option<&[String]>, quick: bool, mut progre
     if want("train_step_tiny_cuda") || want("train_step_small_cuda") {
         for mut c in crate::train_step::cuda_cases(dev).map_err(|e| e.to_string())? {
             // Tokens per step in `flops`, as in the fused suite: the gflops column × 1e9 is tokens/s.
-            all.push(GpuCase { name: c.name, shape: c.shape, dtype: c.dtype, flops: c.flops, bytes: 0.0, run: Box::new(move || {
-                (c.run)();
-                Ok(())
-            }) });
+            all.push(GpuCase {
+                name: c.name,
+                shape: c.shape,
+                dtype: c.dtype,
+                flops: c.flops,
+                bytes: 0.0,
+                run: Box::new(move || {
+                    (c.run)();
+                    Ok(())
+                }),
+            });
         }
     }
     let mut rows = Vec::new();

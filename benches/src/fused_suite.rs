@@ -69,7 +69,8 @@ fn gated_case(name: &'static str, fused: bool) -> Case {
         dtype: DType::F32,
         flops: 5.0 * n,
         run: Box::new(move || {
-            let y = if fused { Tensor::gated_residual(&x, &f, &a).expect("fused") } else { x.add(&f.mul(&a.tanh().expect("tanh")).expect("mul")).expect("add") };
+            let y =
+                if fused { Tensor::gated_residual(&x, &f, &a).expect("fused") } else { x.add(&f.mul(&a.tanh().expect("tanh")).expect("mul")).expect("add") };
             y.backward_with(&g).expect("backward");
             for t in [&x, &f, &a] {
                 t.zero_grad();
@@ -97,7 +98,9 @@ fn ws_conv_case(name: &'static str, x_shape: [usize; 4], w_shape: [usize; 4], gr
         dtype: DType::F32,
         flops,
         run: Box::new(move || {
-            let ws = if fused { Tensor::weight_standardize(&w, &gain, StdScale::Timm { eps: 1e-5 }) } else { standardized_weight_reference(&w, &gain, WsEps::Timm) }.expect("standardise");
+            let ws =
+                if fused { Tensor::weight_standardize(&w, &gain, StdScale::Timm { eps: 1e-5 }) } else { standardized_weight_reference(&w, &gain, WsEps::Timm) }
+                    .expect("standardise");
             let y = x.conv2d(&ws, Some(&bias), &params).expect("conv");
             y.sum_all().expect("sum").backward().expect("backward");
             for t in [&x, &w, &gain, &bias] {

@@ -126,7 +126,8 @@ pub fn run_suite(suite: &str, cases: Option<&[String]>, quick: bool, mut progres
         }
         let names: Vec<&str> = idx.iter().map(|&i| chosen[i].name).collect();
         progress(&names.join(" + "));
-        let mut fs: Vec<&mut dyn FnMut()> = chosen.iter_mut().enumerate().filter(|(i, _)| idx.contains(i)).map(|(_, c)| &mut *c.run as &mut dyn FnMut()).collect();
+        let mut fs: Vec<&mut dyn FnMut()> =
+            chosen.iter_mut().enumerate().filter(|(i, _)| idx.contains(i)).map(|(_, c)| &mut *c.run as &mut dyn FnMut()).collect();
         for (&i, t) in idx.iter().zip(time_medians_interleaved(&mut fs, quick)) {
             ms[i] = Some(t);
         }

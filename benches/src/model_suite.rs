@@ -45,7 +45,13 @@ pub fn cases() -> Result<Vec<Case>> {
     set(&s1, "skipinit_gain", 1.0);
     let images = randn(&[8, 3, 64, 64], 2);
     let flops = 3.0 * flamingo_model::config::vision_flops_per_image(&small.vision, 64)? * 8.0;
-    v.push(Case { name: "nfnet_fwd_bwd", shape: "8x3x64x64".into(), dtype: DType::F32, flops, run: Box::new(move || fwd_bwd(&s1, &[], || net.forward_features(&s1, &images))) });
+    v.push(Case {
+        name: "nfnet_fwd_bwd",
+        shape: "8x3x64x64".into(),
+        dtype: DType::F32,
+        flops,
+        run: Box::new(move || fwd_bwd(&s1, &[], || net.forward_features(&s1, &images))),
+    });
 
     // 2. Perceiver: 8 sequences × 4 images × 16 tokens of width 512 → 64 latents each.
     let pc = PerceiverConfig { max_num_frames: None, max_num_media: None, ..small.flamingo.as_ref().unwrap().perceiver.clone() };
@@ -57,7 +63,13 @@ pub fn cases() -> Result<Vec<Case>> {
     let per_layer = 2.0 * (r * d * inner + (s + r) * d * 2.0 * inner + r * inner * d) + 2.0 * 2.0 * r * (s + r) * inner + 2.0 * 2.0 * r * d * 4.0 * d;
     let flops = 3.0 * n * per_layer * pc.depth as f64;
     let xs = x.clone();
-    v.push(Case { name: "perceiver_fwd_bwd", shape: "8x4x16x512".into(), dtype: DType::F32, flops, run: Box::new(move || fwd_bwd(&s2, std::slice::from_ref(&xs), || per.forward(&s2, &xs))) });
+    v.push(Case {
+        name: "perceiver_fwd_bwd",
+        shape: "8x4x16x512".into(),
+        dtype: DType::F32,
+        flops,
+        run: Box::new(move || fwd_bwd(&s2, std::slice::from_ref(&xs), || per.forward(&s2, &xs))),
+    });
 
     // 3. Gated cross-attention block: 256 tokens attend to 4 images × 64 visual tokens.
     let xc = XAttnConfig { dim: 512, dim_visual: 512, heads: 8, dim_head: 64, ff_mult: 4, media_attention: MediaAttention::Immediate, gate_init: 0.0 };
@@ -72,7 +84,13 @@ pub fn cases() -> Result<Vec<Case>> {
     let (l, k) = (256.0, 256.0);
     let fwd = 8.0 * (2.0 * (l * d * inner + k * d * 2.0 * inner + l * inner * d) + 2.0 * 2.0 * l * k * inner + 2.0 * 2.0 * l * d * 4.0 * d);
     let (ys, ms) = (y.clone(), media.clone());
-    v.push(Case { name: "xattn_fwd_bwd", shape: "8x256x512,m4r64".into(), dtype: DType::F32, flops: 3.0 * fwd, run: Box::new(move || fwd_bwd(&s3, &[ys.clone(), ms.clone()], || block.forward(&s3, &ys, &ms, &t))) });
+    v.push(Case {
+        name: "xattn_fwd_bwd",
+        shape: "8x256x512,m4r64".into(),
+        dtype: DType::F32,
+        flops: 3.0 * fwd,
+        run: Box::new(move || fwd_bwd(&s3, &[ys.clone(), ms.clone()], || block.forward(&s3, &ys, &ms, &t))),
+    });
 
     // 4. The frozen LLaMA-style LM (8 layers, width 512): gradients reach only the activations.
     let lc = LlamaConfig {

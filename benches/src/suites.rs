@@ -41,7 +41,13 @@ fn ops() -> Vec<Case> {
     }
     let x = randn_f32(&[8192, 512], 3);
     let xs = x.clone();
-    v.push(Case { name: "softmax", shape: "8192x512".into(), dtype: DType::F32, flops: 5.0 * 8192.0 * 512.0, run: Box::new(move || no_grad_call(|| xs.softmax(-1).unwrap())) });
+    v.push(Case {
+        name: "softmax",
+        shape: "8192x512".into(),
+        dtype: DType::F32,
+        flops: 5.0 * 8192.0 * 512.0,
+        run: Box::new(move || no_grad_call(|| xs.softmax(-1).unwrap())),
+    });
     let (w, b) = (randn_f32(&[512], 4), randn_f32(&[512], 5));
     v.push(Case {
         name: "layer_norm",
@@ -51,9 +57,23 @@ fn ops() -> Vec<Case> {
         run: Box::new(move || no_grad_call(|| x.layer_norm(Some(&w), Some(&b), 1e-5).unwrap())),
     });
     let g = randn_f32(&[4 * 1024 * 1024], 6);
-    v.push(Case { name: "gelu", shape: "4194304".into(), dtype: DType::F32, flops: 8.0 * 4194304.0, run: Box::new(move || no_grad_call(|| g.gelu().unwrap())) });
+    v.push(Case {
+        name: "gelu",
+        shape: "4194304".into(),
+        dtype: DType::F32,
+        flops: 8.0 * 4194304.0,
+        run: Box::new(move || no_grad_call(|| g.gelu().unwrap())),
+    });
     // Both inputs require grad, so the add records an autograd node: the full per-op cost.
     let (p, q) = (randn_f32(&[8, 8], 7).requires_grad_(true), randn_f32(&[8, 8], 8).requires_grad_(true));
-    v.push(Case { name: "add_8x8", shape: "8x8".into(), dtype: DType::F32, flops: 64.0, run: Box::new(move || { std::hint::black_box(p.add(&q).unwrap()); }) });
+    v.push(Case {
+        name: "add_8x8",
+        shape: "8x8".into(),
+        dtype: DType::F32,
+        flops: 64.0,
+        run: Box::new(move || {
+            std::hint::black_box(p.add(&q).unwrap());
+        }),
+    });
     v
 }

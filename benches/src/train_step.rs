@@ -76,16 +76,16 @@ pub fn build_step(preset_name: &str, batch: usize, images: usize, chunk: usize, 
     let (decayed, plain): (Vec<_>, Vec<_>) = trainable.into_iter().partition(|(n, t)| n.contains("gated_cross_attn_layers") && t.rank() >= 2);
     let mut opt = AdamW::new(vec![ParamGroup::new(decayed, 1e-3, 0.1), ParamGroup::new(plain, 1e-3, 0.0)], AdamWConfig::default())?;
     Ok(Box::new(move || {
-            opt.zero_grad();
-            let feats = model.encode_images(&vstore, &vision, &pixels, true).expect("vision");
-            let media = model.encode_media(&store, &feats).expect("resampler");
-            let logits = model.forward(&store, &ids, &media).expect("forward");
-            Flamingo::loss(&logits, &targets).expect("loss").backward().expect("backward");
-            clip_grad_norm(&params, 1.0).expect("clip");
-            opt.step().expect("AdamW");
-            if dev.is_cuda() {
-                flamingo_engine::cuda::raw::synchronize(dev).expect("synchronize");
-            }
+        opt.zero_grad();
+        let feats = model.encode_images(&vstore, &vision, &pixels, true).expect("vision");
+        let media = model.encode_media(&store, &feats).expect("resampler");
+        let logits = model.forward(&store, &ids, &media).expect("forward");
+        Flamingo::loss(&logits, &targets).expect("loss").backward().expect("backward");
+        clip_grad_norm(&params, 1.0).expect("clip");
+        opt.step().expect("AdamW");
+        if dev.is_cuda() {
+            flamingo_engine::cuda::raw::synchronize(dev).expect("synchronize");
+        }
     }))
 }
 

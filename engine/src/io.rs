@@ -39,7 +39,11 @@ pub fn save(tensors: &[(String, Tensor)], path: impl AsRef<Path>, dtype: Option<
     let views = blobs
         .iter()
         .map(|(n, d, s, b)| {
-            TensorView::new(st_dtype(*d), s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| Error::Key { path: path.to_path_buf(), key: n.clone(), msg: e.to_string() })
+            TensorView::new(st_dtype(*d), s.clone(), b).map(|v| (n.clone(), v)).map_err(|e| Error::Key {
+                path: path.to_path_buf(),
+                key: n.clone(),
+                msg: e.to_string(),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
     let bytes = safetensors::serialize(views, &metadata).map_err(|e| file_err(path, e.to_string()))?;
@@ -201,7 +205,11 @@ impl ParamStore {
         for (name, t) in todo {
             let src = file.get(&name)?;
             if !src.dtype().is_float() && t.dtype().is_float() {
-                return Err(Error::Key { path: file.path().to_path_buf(), key: name, msg: format!("dtype {} cannot load into a {} parameter", src.dtype(), t.dtype()) });
+                return Err(Error::Key {
+                    path: file.path().to_path_buf(),
+                    key: name,
+                    msg: format!("dtype {} cannot load into a {} parameter", src.dtype(), t.dtype()),
+                });
             }
             t.assign(&src)?;
             report.loaded.push(name);

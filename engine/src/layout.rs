@@ -37,11 +37,7 @@ impl Layout {
         true
     }
     pub fn permute(&self, axes: &[usize]) -> Layout {
-        Layout {
-            shape: axes.iter().map(|&a| self.shape[a]).collect(),
-            strides: axes.iter().map(|&a| self.strides[a]).collect(),
-            offset: self.offset,
-        }
+        Layout { shape: axes.iter().map(|&a| self.shape[a]).collect(), strides: axes.iter().map(|&a| self.strides[a]).collect(), offset: self.offset }
     }
     pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Layout {
         let mut l = self.clone();

@@ -87,7 +87,8 @@ impl ParamStore {
     pub fn to_device(&mut self, device: crate::Device) -> Result<()> {
         for (name, t) in self.params.iter_mut() {
             if t.device() != device {
-                let moved = crate::autograd::no_grad(|| t.detach().to_device(device)).map_err(|e| Error::Msg(format!("moving parameter `{name}` to {device}: {e}")))?;
+                let moved =
+                    crate::autograd::no_grad(|| t.detach().to_device(device)).map_err(|e| Error::Msg(format!("moving parameter `{name}` to {device}: {e}")))?;
                 *t = moved.requires_grad_(t.requires_grad());
             }
         }

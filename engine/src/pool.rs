@@ -79,7 +79,6 @@ pub(crate) fn give<T: Pooled>(v: Vec<T>) {
     }
 }
 
-
 /// Tunes glibc's allocator for this workload (call once at program start; a no-op elsewhere).
 ///
 /// Training allocates and frees many buffers of a few MB to a few tens of MB per step. By default

@@ -72,11 +72,7 @@ impl CpuStorage {
         fn go<S: Element, D: Element>(src: &[S], shape: &[usize], strides: &[usize], offset: usize) -> Vec<D> {
             let n: usize = shape.iter().product();
             let mut tmp = vec![S::default(); n];
-            flamingo_kernels::cpu::strided::copy_to_contiguous(
-                flamingo_kernels::cpu::strided::Strided { data: src, offset, strides },
-                shape,
-                &mut tmp,
-            );
+            flamingo_kernels::cpu::strided::copy_to_contiguous(flamingo_kernels::cpu::strided::Strided { data: src, offset, strides }, shape, &mut tmp);
             tmp.into_iter().map(|v| D::from_f64(v.to_f64())).collect()
         }
         macro_rules! to {
@@ -107,11 +103,7 @@ impl CpuStorage {
         if dtype == self.dtype() {
             return map_cpu!(self, |v| {
                 let mut out = vec![Default::default(); n];
-                flamingo_kernels::cpu::strided::copy_to_contiguous(
-                    flamingo_kernels::cpu::strided::Strided { data: v, offset, strides },
-                    shape,
-                    &mut out,
-                );
+                flamingo_kernels::cpu::strided::copy_to_contiguous(flamingo_kernels::cpu::strided::Strided { data: v, offset, strides }, shape, &mut out);
                 Element::into_cpu(out)
             });
         }

@@ -57,7 +57,8 @@ impl Tensor {
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Tensor {
         let n: usize = shape.iter().product();
         if let Device::Cuda(o) = device {
-            return Tensor::full_cuda(shape, value, dtype, o).unwrap_or_else(|e| panic!("cannot allocate a {dtype} tensor of shape {shape:?} on cuda:{o}: {e}"));
+            return Tensor::full_cuda(shape, value, dtype, o)
+                .unwrap_or_else(|e| panic!("cannot allocate a {dtype} tensor of shape {shape:?} on cuda:{o}: {e}"));
         }
         let s = match dtype {
             DType::F32 => CpuStorage::F32(vec![value as f32; n]),
@@ -100,9 +101,7 @@ impl Tensor {
         if !self.dtype().is_float() {
             return Tensor::from_storage(storage, self.shape());
         }
-        Ok(Tensor::op_result_storage(storage, self.shape(), "to_device", &[self], |_| {
-            Box::new(move |g: &Tensor, _| Ok(vec![Some(g.to_device(src_device)?)]))
-        }))
+        Ok(Tensor::op_result_storage(storage, self.shape(), "to_device", &[self], |_| Box::new(move |g: &Tensor, _| Ok(vec![Some(g.to_device(src_device)?)]))))
     }
 
     /// The elements in row-major order in a host buffer of this dtype (downloading from a GPU).
@@ -153,14 +152,26 @@ impl Tensor {
     /// The result of an op: contiguous `data` of `shape`, recording `backward` when any input
     /// requires grad and grad mode is on. `backward` is only built when it will be recorded.
     /// The builder receives the output itself (detached), for derivatives that need it.
-    pub(crate) fn op_result<T: Element>(data: Vec<T>, shape: &[usize], op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
+    pub(crate) fn op_result<T: Element>(
+        data: Vec<T>,
+        shape: &[usize],
+        op: &'static str,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor) -> BackwardFn,
+    ) -> Tensor {
         debug_assert_eq!(data.len(), shape.iter().product::<usize>(), "{op}: result length");
         let storage = Arc::new(RwLock::new(Storage::Cpu(T::into_cpu(data))));
         Tensor::record(storage, Layout::contiguous(shape), T::DTYPE, op, inputs, backward)
     }
 
     /// Like [`Tensor::op_result`] for an already-built storage.
-    pub(crate) fn op_result_storage(storage: Storage, shape: &[usize], op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
+    pub(crate) fn op_result_storage(
+        storage: Storage,
+        shape: &[usize],
+        op: &'static str,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor) -> BackwardFn,
+    ) -> Tensor {
         let dtype = storage.dtype();
         Tensor::record(Arc::new(RwLock::new(storage)), Layout::contiguous(shape), dtype, op, inputs, backward)
     }
@@ -175,7 +186,14 @@ impl Tensor {
         Tensor::record(src.0.storage.clone(), layout, src.dtype(), op, &[src], |_| backward())
     }
 
-    fn record(storage: Arc<RwLock<Storage>>, layout: Layout, dtype: DType, op: &'static str, inputs: &[&Tensor], backward: impl FnOnce(&Tensor) -> BackwardFn) -> Tensor {
+    fn record(
+        storage: Arc<RwLock<Storage>>,
+        layout: Layout,
+        dtype: DType,
+        op: &'static str,
+        inputs: &[&Tensor],
+        backward: impl FnOnce(&Tensor) -> BackwardFn,
+    ) -> Tensor {
         // The storage says where the result lives (not the inputs: `to_device`'s input is elsewhere).
         let device = storage.read().expect("storage lock poisoned").device();
         let track = is_grad_enabled() && inputs.iter().any(|t| t.requires_grad());

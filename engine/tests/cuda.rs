@@ -157,7 +157,8 @@ fn cuda_matches_cpu_for_every_op() {
         eprintln!("skipped: no CUDA device ({reason})");
         return;
     }
-    let checks = selftest::run(Device::Cuda(0), None, |c| eprintln!("{:<28} {:<5} err {:.2e} (tol {:.0e}) {}", c.name, c.dtype, c.max_err, c.tol, c.note)).unwrap();
+    let checks =
+        selftest::run(Device::Cuda(0), None, |c| eprintln!("{:<28} {:<5} err {:.2e} (tol {:.0e}) {}", c.name, c.dtype, c.max_err, c.tol, c.note)).unwrap();
     let failed: Vec<_> = checks.iter().filter(|c| !c.passed).map(|c| format!("{} {}: {:.3e} {}", c.name, c.dtype, c.max_err, c.note)).collect();
     assert!(failed.is_empty(), "CUDA parity failures:\n{}", failed.join("\n"));
 }

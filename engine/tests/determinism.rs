@@ -18,7 +18,16 @@ fn workload() -> Vec<Vec<u32>> {
     let loss = s.sum(&[0], false).unwrap().sum_all().unwrap().add(&c.square().unwrap().mean_all().unwrap()).unwrap();
     loss.backward().unwrap();
     let bits = |t: &Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
-    vec![bits(&s), bits(&c), bits(&loss), bits(&a.grad().unwrap()), bits(&b.grad().unwrap()), bits(&g.grad().unwrap()), bits(&x.grad().unwrap()), bits(&w.grad().unwrap())]
+    vec![
+        bits(&s),
+        bits(&c),
+        bits(&loss),
+        bits(&a.grad().unwrap()),
+        bits(&b.grad().unwrap()),
+        bits(&g.grad().unwrap()),
+        bits(&x.grad().unwrap()),
+        bits(&w.grad().unwrap()),
+    ]
 }
 
 #[test]

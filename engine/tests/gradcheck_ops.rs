@@ -11,14 +11,15 @@ fn cfg() -> ProptestConfig {
 
 /// A shape of rank 1..=3 with dims 1..=4, and a second shape broadcastable to it.
 fn broadcast_pair() -> impl Strategy<Value = (Vec<usize>, Vec<usize>)> {
-    prop::collection::vec(1usize..=4, 1..=3).prop_flat_map(|a| {
-        let n = a.len();
-        (Just(a), prop::collection::vec(any::<bool>(), n), 0..=n)
-    })
-    .prop_map(|(a, ones, drop)| {
-        let b: Vec<usize> = a.iter().zip(&ones).map(|(&d, &one)| if one { 1 } else { d }).collect();
-        (a, b[drop.min(b.len() - 1)..].to_vec())
-    })
+    prop::collection::vec(1usize..=4, 1..=3)
+        .prop_flat_map(|a| {
+            let n = a.len();
+            (Just(a), prop::collection::vec(any::<bool>(), n), 0..=n)
+        })
+        .prop_map(|(a, ones, drop)| {
+            let b: Vec<usize> = a.iter().zip(&ones).map(|(&d, &one)| if one { 1 } else { d }).collect();
+            (a, b[drop.min(b.len() - 1)..].to_vec())
+        })
 }
 
 proptest! {

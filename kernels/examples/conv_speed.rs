@@ -30,7 +30,10 @@ fn main() {
         let f: Vec<usize> = v.split(',').map(|x| x.trim().parse().expect("CONV_GEO: n,c,h,w,o,k,stride,groups")).collect();
         assert_eq!(f.len(), 8, "CONV_GEO: n,c,h,w,o,k,stride,groups");
         let p = f[5] / 2;
-        geos = vec![(v.clone(), ConvGeom { n: f[0], c: f[1], h: f[2], w: f[3], o: f[4], kh: f[5], kw: f[5], stride: (f[6], f[6]), pad: (p, p, p, p), groups: f[7] })];
+        geos = vec![(
+            v.clone(),
+            ConvGeom { n: f[0], c: f[1], h: f[2], w: f[3], o: f[4], kh: f[5], kw: f[5], stride: (f[6], f[6]), pad: (p, p, p, p), groups: f[7] },
+        )];
     }
     for (name, geo) in geos {
         let (ho, wo) = (geo.ho(), geo.wo());

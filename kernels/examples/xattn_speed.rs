@@ -73,8 +73,7 @@ impl Problem {
     fn fused(&mut self) {
         self.fwd();
         let p = self;
-        masked_xattn_backward(&p.s, MODE, &p.q, &p.k, &p.v, &p.media, &p.o, &p.lse, &p.d_o, &mut p.dq, &mut p.dk, &mut p.dv)
-            .unwrap();
+        masked_xattn_backward(&p.s, MODE, &p.q, &p.k, &p.v, &p.media, &p.o, &p.lse, &p.d_o, &mut p.dq, &mut p.dk, &mut p.dv).unwrap();
     }
     fn naive(&mut self) {
         let p = self;
@@ -146,11 +145,7 @@ fn main() {
     let mut ps: Vec<Problem> = ms.into_iter().map(Problem::new).collect();
     let fused = median_ms(&mut ps, Problem::fused, 5, 21);
     let fwd = median_ms(&mut ps, Problem::fwd, 5, 21);
-    let naive = if std::env::var_os("XATTN_SKIP_NAIVE").is_some() {
-        None
-    } else {
-        Some(median_ms(&mut ps, Problem::naive, 1, 11))
-    };
+    let naive = if std::env::var_os("XATTN_SKIP_NAIVE").is_some() { None } else { Some(median_ms(&mut ps, Problem::naive, 1, 11)) };
     for (i, p) in ps.iter().enumerate() {
         let s = p.s;
         print!(

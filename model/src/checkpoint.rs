@@ -39,7 +39,8 @@ pub fn load_hf_lm(store: &ParamStore, prefix: &str, path: &Path, strict: bool) -
     for file in checkpoint_files(path)? {
         let f = SafetensorsFile::open(&file)?;
         for key in f.names() {
-            let target = [format!("{prefix}{key}"), format!("{prefix}transformer.{key}"), format!("{prefix}model.{key}")].into_iter().find(|n| store.get(n).is_some());
+            let target =
+                [format!("{prefix}{key}"), format!("{prefix}transformer.{key}"), format!("{prefix}model.{key}")].into_iter().find(|n| store.get(n).is_some());
             match target {
                 Some(name) => {
                     let want = store.get(&name).expect("found above").shape().to_vec();

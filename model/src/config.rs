@@ -24,7 +24,19 @@ pub struct ModelConfig {
 
 /// Every preset name.
 pub const PRESETS: &[&str] = &[
-    "tiny", "small", "openflamingo-3b", "nfnet-f0", "nfnet-f1", "nfnet-f2", "nfnet-f3", "nfnet-f4", "nfnet-f5", "nfnet-f6", "flamingo-3b", "flamingo-9b", "flamingo-80b",
+    "tiny",
+    "small",
+    "openflamingo-3b",
+    "nfnet-f0",
+    "nfnet-f1",
+    "nfnet-f2",
+    "nfnet-f3",
+    "nfnet-f4",
+    "nfnet-f5",
+    "nfnet-f6",
+    "flamingo-3b",
+    "flamingo-9b",
+    "flamingo-80b",
 ];
 
 fn small_nfnet(channels: Vec<usize>, stem: usize, group: usize, features: usize) -> NfNetConfig {
@@ -64,7 +76,17 @@ fn perceiver(dim: usize, depth: usize, heads: usize, dim_head: usize, latents: u
 }
 
 fn flamingo(lm: LmConfig, p: PerceiverConfig, heads: usize, dim_head: usize, every: usize) -> FlamingoConfig {
-    FlamingoConfig { lm, perceiver: p, xattn_heads: heads, xattn_dim_head: dim_head, xattn_ff_mult: 4, media_attention: MediaAttention::Immediate, cross_attn_every_n_layers: every, gate_init: 0.0, resampler: Resampler::Perceiver }
+    FlamingoConfig {
+        lm,
+        perceiver: p,
+        xattn_heads: heads,
+        xattn_dim_head: dim_head,
+        xattn_ff_mult: 4,
+        media_attention: MediaAttention::Immediate,
+        cross_attn_every_n_layers: every,
+        gate_init: 0.0,
+        resampler: Resampler::Perceiver,
+    }
 }
 
 /// A preset by name.
@@ -111,9 +133,24 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         },
         // The paper's models (Table 5 / SPEC §5): NFNet-F6 at 320 px, Perceiver 6 layers over the
         // 3072-wide features, Chinchilla-style decoders (approximated by LLaMA-style blocks).
-        "flamingo-3b" => ModelConfig { name: name.into(), image_size: 320, vision: f6(), flamingo: Some(flamingo(llama(32000, 2048, 24, 16, 16, 2048), perceiver(3072, 6, 16, 128, 64), 16, 128, 1)) },
-        "flamingo-9b" => ModelConfig { name: name.into(), image_size: 320, vision: f6(), flamingo: Some(flamingo(llama(32000, 4096, 40, 32, 32, 2048), perceiver(3072, 6, 16, 128, 64), 32, 128, 4)) },
-        "flamingo-80b" => ModelConfig { name: name.into(), image_size: 320, vision: f6(), flamingo: Some(flamingo(llama(32000, 8192, 80, 64, 64, 2048), perceiver(3072, 6, 16, 128, 64), 64, 128, 7)) },
+        "flamingo-3b" => ModelConfig {
+            name: name.into(),
+            image_size: 320,
+            vision: f6(),
+            flamingo: Some(flamingo(llama(32000, 2048, 24, 16, 16, 2048), perceiver(3072, 6, 16, 128, 64), 16, 128, 1)),
+        },
+        "flamingo-9b" => ModelConfig {
+            name: name.into(),
+            image_size: 320,
+            vision: f6(),
+            flamingo: Some(flamingo(llama(32000, 4096, 40, 32, 32, 2048), perceiver(3072, 6, 16, 128, 64), 32, 128, 4)),
+        },
+        "flamingo-80b" => ModelConfig {
+            name: name.into(),
+            image_size: 320,
+            vision: f6(),
+            flamingo: Some(flamingo(llama(32000, 8192, 80, 64, 64, 2048), perceiver(3072, 6, 16, 128, 64), 64, 128, 7)),
+        },
         n if n.starts_with("nfnet-f") => {
             let k: usize = n["nfnet-f".len()..].parse().ok().filter(|k| *k <= 6)?;
             ModelConfig { name: name.into(), image_size: [192, 224, 256, 320, 384, 416, 448][k], vision: NfNetConfig::f(k, Some(1000)), flamingo: None }
@@ -225,7 +262,13 @@ pub fn info(cfg: &ModelConfig) -> Result<String> {
         s += &format!("  vision classifier head   {}\n  vision total             {}\n", m(r.vision_classifier), m(r.vision + r.vision_classifier));
     }
     if cfg.flamingo.is_some() {
-        s += &format!("  perceiver resampler      {}\n  gated cross-attention    {}\n  new token rows           {}\n  language model (frozen)  {}\n", m(r.perceiver), m(r.xattn), m(r.new_token_rows), m(r.lm));
+        s += &format!(
+            "  perceiver resampler      {}\n  gated cross-attention    {}\n  new token rows           {}\n  language model (frozen)  {}\n",
+            m(r.perceiver),
+            m(r.xattn),
+            m(r.new_token_rows),
+            m(r.lm)
+        );
         s += &format!("  trainable                {}\n  total                    {}\n", m(r.trainable), m(r.total));
     }
     let vf = vision_flops_per_image(&cfg.vision, cfg.image_size)?;

@@ -211,7 +211,15 @@ impl Flamingo {
     pub fn start_decoding(&self, p: &ParamStore, media: &Tensor) -> Result<DecodeState> {
         let media_kv = self.blocks.iter().map(|b| b.as_ref().map(|b| b.attn.media_kv(p, media)).transpose()).collect::<Result<_>>()?;
         let b = media.shape()[0];
-        Ok(DecodeState { layers: vec![LayerKv::default(); self.cfg.lm.num_layers()], media_kv, seen_media: vec![0.0; b], len: 0, next_pos: vec![0; b], key_valid: None, last_embed: None })
+        Ok(DecodeState {
+            layers: vec![LayerKv::default(); self.cfg.lm.num_layers()],
+            media_kv,
+            seen_media: vec![0.0; b],
+            len: 0,
+            next_pos: vec![0; b],
+            key_valid: None,
+            last_embed: None,
+        })
     }
 
     /// Feeds `ids [b, l]` (the prompt, or the next token) and returns their logits

@@ -9,10 +9,17 @@ use flamingo_engine::{no_grad, Error, ParamStore, Result, Rng, Tensor};
 pub enum Strategy {
     Greedy,
     /// Sample from softmax(logits / temperature), optionally restricted to the `top_k` best.
-    Sample { temperature: f64, top_k: Option<usize>, seed: u64 },
+    Sample {
+        temperature: f64,
+        top_k: Option<usize>,
+        seed: u64,
+    },
     /// Beam search keeping `width` hypotheses, ranked by total log-probability divided by
     /// length^`length_penalty` (0 = no normalisation).
-    Beam { width: usize, length_penalty: f64 },
+    Beam {
+        width: usize,
+        length_penalty: f64,
+    },
 }
 
 /// Log-softmax of the last position's logits of row `r` (`logits [b, l, v]`), as f64.
@@ -56,9 +63,7 @@ impl Flamingo {
             }),
             Strategy::Beam { width, length_penalty } => {
                 let b = prompt.shape()[0];
-                (0..b)
-                    .map(|r| self.beam_one(p, &prompt.narrow(0, r, 1)?, &media.narrow(0, r, 1)?, max_new, (*width).max(1), *length_penalty))
-                    .collect()
+                (0..b).map(|r| self.beam_one(p, &prompt.narrow(0, r, 1)?, &media.narrow(0, r, 1)?, max_new, (*width).max(1), *length_penalty)).collect()
             }
         }
     }
@@ -66,7 +71,15 @@ impl Flamingo {
     /// Generates for prompts of different lengths: they are left-padded with `pad_id` into one
     /// batch (padding is masked out and positions start at each row's first real token), so each
     /// row gets what it would get alone. Beam search runs row by row on the unpadded prompts.
-    pub fn generate_batch(&self, p: &ParamStore, prompts: &[Vec<i64>], media: &Tensor, max_new: usize, strategy: &Strategy, pad_id: i64) -> Result<Vec<Vec<i64>>> {
+    pub fn generate_batch(
+        &self,
+        p: &ParamStore,
+        prompts: &[Vec<i64>],
+        media: &Tensor,
+        max_new: usize,
+        strategy: &Strategy,
+        pad_id: i64,
+    ) -> Result<Vec<Vec<i64>>> {
         let b = prompts.len();
         if b != media.shape()[0] || prompts.iter().any(|r| r.is_empty()) {
             return Err(Error::Msg(format!("generate_batch: {b} non-empty prompts needed for {} media rows", media.shape()[0])));
@@ -75,7 +88,9 @@ impl Flamingo {
             return prompts
                 .iter()
                 .enumerate()
-                .map(|(r, pr)| self.beam_one(p, &Tensor::from_vec(pr.clone(), &[1, pr.len()])?, &media.narrow(0, r, 1)?, max_new, (*width).max(1), *length_penalty))
+                .map(|(r, pr)| {
+                    self.beam_one(p, &Tensor::from_vec(pr.clone(), &[1, pr.len()])?, &media.narrow(0, r, 1)?, max_new, (*width).max(1), *length_penalty)
+                })
                 .collect();
         }
         let l = prompts.iter().map(|r| r.len()).max().unwrap_or(0);
@@ -93,7 +108,14 @@ impl Flamingo {
     }
 
     /// The token-by-token loop shared by greedy decoding and sampling.
-    pub(crate) fn continue_decoding(&self, p: &ParamStore, mut state: DecodeState, mut logits: Tensor, max_new: usize, strategy: &Strategy) -> Result<Vec<Vec<i64>>> {
+    pub(crate) fn continue_decoding(
+        &self,
+        p: &ParamStore,
+        mut state: DecodeState,
+        mut logits: Tensor,
+        max_new: usize,
+        strategy: &Strategy,
+    ) -> Result<Vec<Vec<i64>>> {
         let b = logits.shape()[0];
         let mut rng = match strategy {
             Strategy::Sample { seed, .. } => Rng::new(*seed),

@@ -40,7 +40,13 @@ pub struct RowLayout<'a> {
 
 /// The additive attention mask `[b or 1, 1, l, total]`: 0 where allowed, −∞ for future keys,
 /// −1e30 for padding keys (finite, so a padding query that sees only padding stays finite).
-pub(crate) fn attention_mask(l: usize, past: usize, key_valid: Option<&Tensor>, dtype: flamingo_engine::DType, device: flamingo_engine::Device) -> Result<Tensor> {
+pub(crate) fn attention_mask(
+    l: usize,
+    past: usize,
+    key_valid: Option<&Tensor>,
+    dtype: flamingo_engine::DType,
+    device: flamingo_engine::Device,
+) -> Result<Tensor> {
     let total = past + l;
     let causal: Vec<f32> = (0..l * total).map(|i| if i % total > past + i / total { f32::NEG_INFINITY } else { 0.0 }).collect();
     let causal = Tensor::from_vec(causal, &[1, 1, l, total])?.to_dtype(dtype)?.to_device(device)?;

@@ -81,7 +81,15 @@ impl Llama {
         init.normal(store, &n("model.embed_tokens.weight"), &[cfg.vocab_size, d], 0.02)?;
         for i in 0..cfg.num_hidden_layers {
             let l = |s: &str| n(&format!("model.layers.{i}.{s}"));
-            for (name, o, inp) in [("self_attn.q_proj", d, d), ("self_attn.k_proj", kv, d), ("self_attn.v_proj", kv, d), ("self_attn.o_proj", d, d), ("mlp.gate_proj", f, d), ("mlp.up_proj", f, d), ("mlp.down_proj", d, f)] {
+            for (name, o, inp) in [
+                ("self_attn.q_proj", d, d),
+                ("self_attn.k_proj", kv, d),
+                ("self_attn.v_proj", kv, d),
+                ("self_attn.o_proj", d, d),
+                ("mlp.gate_proj", f, d),
+                ("mlp.up_proj", f, d),
+                ("mlp.down_proj", d, f),
+            ] {
                 init.normal(store, &l(&format!("{name}.weight")), &[o, inp], 0.02)?;
             }
             init.constant(store, &l("input_layernorm.weight"), &[d], 1.0)?;
@@ -121,7 +129,14 @@ impl Llama {
 
     /// `cos, sin` for the given positions (HF layout: the frequencies repeated twice,
     /// `emb = cat(freqs, freqs)`), shaped `[rows, 1, l, head_dim]` (rows = 1 when shared).
-    fn rope_tables(&self, positions: &[i64], rows: usize, l: usize, dtype: flamingo_engine::DType, device: flamingo_engine::Device) -> Result<(Tensor, Tensor)> {
+    fn rope_tables(
+        &self,
+        positions: &[i64],
+        rows: usize,
+        l: usize,
+        dtype: flamingo_engine::DType,
+        device: flamingo_engine::Device,
+    ) -> Result<(Tensor, Tensor)> {
         let mut cache = self.rope_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = cache.as_ref().filter(|c| c.positions == positions && c.rows == rows && c.dtype == dtype && c.device == device) {
             return Ok((c.cos.clone(), c.sin.clone()));

@@ -27,7 +27,12 @@ pub fn media_index(ids: &Tensor, media_token_id: i64) -> Result<Tensor> {
 /// decoding).
 pub fn media_index_from(ids: &Tensor, media_token_id: i64, seen: &[f32]) -> Result<Tensor> {
     if ids.dtype() != DType::I64 || ids.rank() != 2 || seen.len() != ids.shape()[0] {
-        return Err(Error::Msg(format!("media_index: expected i64 token ids [batch, len] and one count per row, got {} {:?} and {}", ids.dtype(), ids.shape(), seen.len())));
+        return Err(Error::Msg(format!(
+            "media_index: expected i64 token ids [batch, len] and one count per row, got {} {:?} and {}",
+            ids.dtype(),
+            ids.shape(),
+            seen.len()
+        )));
     }
     let (b, l) = (ids.shape()[0], ids.shape()[1]);
     let v = ids.to_vec::<i64>()?;

@@ -77,7 +77,11 @@ fn check_xattn(b: usize, l: usize, m: usize, r: usize, h: usize, d: usize, all_p
         let fused_gpu = run(&|q, k, v| Tensor::masked_cross_attention(q, k, v, &tf, mode).unwrap(), &q, &k, &v, &w, Device::Cuda(0));
         for (i, (a, b_)) in reference.iter().zip(&fused_gpu).enumerate() {
             let e = max_rel(a, b_);
-            assert!(e < 1e-4, "fused on CUDA: {} differs by {e} (shape b{b} l{l} m{m} r{r} h{h} d{d}, all_previous {all_previous})", ["out", "dq", "dk", "dv"][i]);
+            assert!(
+                e < 1e-4,
+                "fused on CUDA: {} differs by {e} (shape b{b} l{l} m{m} r{r} h{h} d{d}, all_previous {all_previous})",
+                ["out", "dq", "dk", "dv"][i]
+            );
         }
     }
 }

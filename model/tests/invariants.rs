@@ -318,7 +318,8 @@ fn left_padded_batches_generate_what_each_row_generates_alone() {
         let media = model.encode_media(&store, &Tensor::randn(&[3, 2, 1, 5, 24], DType::F32, &mut Rng::new(20))).unwrap();
         let batch = model.generate_batch(&store, &prompts, &media, 4, &Strategy::Greedy, 0).unwrap();
         for (r, pr) in prompts.iter().enumerate() {
-            let alone = model.generate(&store, &Tensor::from_vec(pr.clone(), &[1, pr.len()]).unwrap(), &media.narrow(0, r, 1).unwrap(), 4, &Strategy::Greedy).unwrap();
+            let alone =
+                model.generate(&store, &Tensor::from_vec(pr.clone(), &[1, pr.len()]).unwrap(), &media.narrow(0, r, 1).unwrap(), 4, &Strategy::Greedy).unwrap();
             assert_eq!(batch[r], alone[0], "row {r} differs when left-padded into a batch");
         }
     }

@@ -4,18 +4,17 @@
 //!
 //! Tolerance: for every compared tensor, max |ours − torch| ≤ 1e-5 · max |torch| (f32).
 use flamingo_engine::io::SafetensorsFile;
-use flamingo_tests::assert_close;
 use flamingo_engine::{DType, ParamStore, Rng};
 use flamingo_model::flamingo::Resampler;
 use flamingo_model::gpt2::{Gpt2, Gpt2Config};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 use flamingo_model::xattn::{media_index, GatedCrossAttentionBlock, MediaAttention, XAttnConfig};
+use flamingo_tests::assert_close;
 
 fn fixture() -> SafetensorsFile {
     flamingo_tests::fixture("model_parts.safetensors")
 }
-
 
 /// Overwrites every parameter of `store` with the fixture tensor `{file_prefix}{name}`; every
 /// parameter must be present (a strict load).

@@ -5,14 +5,29 @@
 //!
 //! Tolerance: for every compared tensor, max |ours − torch| ≤ 1e-5 · max |torch| (f32).
 use flamingo_engine::io::SafetensorsFile;
-use flamingo_tests::assert_close;
 use flamingo_engine::optim::{AdamW, AdamWConfig, ParamGroup};
 use flamingo_engine::{DType, ParamStore, Result, Tensor};
+use flamingo_tests::assert_close;
 
 const PARAMS: [&str; 18] = [
-    "ln1.weight", "ln1.bias", "attn.q.weight", "attn.q.bias", "attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias",
-    "attn.o.weight", "attn.o.bias", "ln2.weight", "ln2.bias", "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
-    "head.weight", "head.bias",
+    "ln1.weight",
+    "ln1.bias",
+    "attn.q.weight",
+    "attn.q.bias",
+    "attn.k.weight",
+    "attn.k.bias",
+    "attn.v.weight",
+    "attn.v.bias",
+    "attn.o.weight",
+    "attn.o.bias",
+    "ln2.weight",
+    "ln2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+    "head.weight",
+    "head.bias",
 ];
 const HEADS: usize = 2;
 /// The key bias cannot change the loss (it shifts each softmax row uniformly), so its gradient is
@@ -45,7 +60,6 @@ fn forward(p: &ParamStore, x: &Tensor, targets: &Tensor) -> Result<(Tensor, Tens
     let loss = logits.cross_entropy(targets, Some(-100), 0.1)?;
     Ok((logits, loss))
 }
-
 
 fn load_params(f: &SafetensorsFile) -> ParamStore {
     let mut store = ParamStore::new();

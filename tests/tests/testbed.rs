@@ -64,7 +64,14 @@ fn nfnet_module_through_files() {
     let weights: Vec<(String, String)> = f
         .names()
         .into_iter()
-        .filter(|n| n.starts_with("nfnet.") && !n.starts_with("nfnet.in.") && !n.starts_with("nfnet.out.") && !n.starts_with("nfnet.grad.") && !n.starts_with("nfnet.odd.") && n != "nfnet.loss_weight")
+        .filter(|n| {
+            n.starts_with("nfnet.")
+                && !n.starts_with("nfnet.in.")
+                && !n.starts_with("nfnet.out.")
+                && !n.starts_with("nfnet.grad.")
+                && !n.starts_with("nfnet.odd.")
+                && n != "nfnet.loss_weight"
+        })
         .map(|n| (n.clone(), n.strip_prefix("nfnet.").unwrap().to_string()))
         .collect();
     extract(&f, &dir.join("w.safetensors"), &weights);

@@ -60,7 +60,12 @@ fn bytes_to_unicode() -> [char; 256] {
     let mut next = 256u32;
     for b in 0..=255u8 {
         let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let cp = if printable { b as u32 } else { next += 1; next - 1 };
+        let cp = if printable {
+            b as u32
+        } else {
+            next += 1;
+            next - 1
+        };
         table[b as usize] = char::from_u32(cp).unwrap_or('\0');
     }
     table
@@ -89,11 +94,7 @@ impl Gpt2Tokenizer {
     /// Builds a tokenizer from a vocabulary and merge pairs (in rank order, each tagged with the
     /// location used in error messages). Fails if a merge names a token, or makes one, that is not
     /// in the vocabulary.
-    fn build(
-        vocab: HashMap<String, u32>,
-        merges: Vec<(String, String, String)>,
-        path: &Path,
-    ) -> Result<Self, String> {
+    fn build(vocab: HashMap<String, u32>, merges: Vec<(String, String, String)>, path: &Path) -> Result<Self, String> {
         let mut ranks = HashMap::new();
         for (rank, (a, b, at)) in merges.into_iter().enumerate() {
             let id = |t: &str| {
@@ -132,9 +133,7 @@ impl Gpt2Tokenizer {
                 continue;
             }
             match line.split(' ').collect::<Vec<_>>()[..] {
-                [a, b] if !a.is_empty() && !b.is_empty() => {
-                    merges.push((a.into(), b.into(), format!("line {}", i + 1)))
-                }
+                [a, b] if !a.is_empty() && !b.is_empty() => merges.push((a.into(), b.into(), format!("line {}", i + 1))),
                 _ => {
                     let at = format!("{}: line {}", merges_txt.display(), i + 1);
                     return Err(format!("{at}: malformed merge {line:?} (want \"left right\")"));
@@ -166,9 +165,7 @@ impl Gpt2Tokenizer {
         let mut merges = Vec::with_capacity(raw.len());
         for (i, m) in raw.iter().enumerate() {
             let pair = match m {
-                Value::String(s) => {
-                    s.split_once(' ').filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' '))
-                }
+                Value::String(s) => s.split_once(' ').filter(|(a, b)| !a.is_empty() && !b.is_empty() && !b.contains(' ')),
                 Value::Array(v) => match &v[..] {
                     [Value::String(a), Value::String(b)] => Some((a.as_str(), b.as_str())),
                     _ => None,
@@ -305,9 +302,7 @@ impl Gpt2Tokenizer {
             None => word.bytes().filter_map(|b| self.byte_id[b as usize]).collect(),
         };
         loop {
-            let best = syms.windows(2).enumerate()
-                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id)))
-                .min();
+            let best = syms.windows(2).enumerate().filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id))).min();
             let Some((_, i, id)) = best else { break };
             syms[i] = id;
             syms.remove(i + 1);

@@ -42,8 +42,12 @@ pub fn save(path: &Path, store: &ParamStore, opt: &AdamW, progress: &TrainProgre
 /// the keys.
 pub fn load(path: &Path, store: &ParamStore, opt: &mut AdamW) -> Result<TrainProgress> {
     let f = SafetensorsFile::open(path)?;
-    let meta = f.metadata().and_then(|m| m.get(META_KEY).cloned()).ok_or_else(|| Error::File { path: path.to_path_buf(), msg: "not a training checkpoint (no progress metadata)".into() })?;
-    let progress: TrainProgress = serde_json::from_str(&meta).map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("invalid progress metadata: {e}") })?;
+    let meta = f
+        .metadata()
+        .and_then(|m| m.get(META_KEY).cloned())
+        .ok_or_else(|| Error::File { path: path.to_path_buf(), msg: "not a training checkpoint (no progress metadata)".into() })?;
+    let progress: TrainProgress =
+        serde_json::from_str(&meta).map_err(|e| Error::File { path: path.to_path_buf(), msg: format!("invalid progress metadata: {e}") })?;
     let names = f.names();
     let missing: Vec<String> = store.trainable().into_iter().map(|(n, _)| n).filter(|n| names.binary_search(&format!("param.{n}")).is_err()).collect();
     if !missing.is_empty() {
@@ -52,7 +56,11 @@ pub fn load(path: &Path, store: &ParamStore, opt: &mut AdamW) -> Result<TrainPro
     for (n, t) in store.trainable() {
         let src = f.get(&format!("param.{n}"))?;
         if src.shape() != t.shape() {
-            return Err(Error::Key { path: path.to_path_buf(), key: format!("param.{n}"), msg: format!("shape {:?}, the model has {:?}", src.shape(), t.shape()) });
+            return Err(Error::Key {
+                path: path.to_path_buf(),
+                key: format!("param.{n}"),
+                msg: format!("shape {:?}, the model has {:?}", src.shape(), t.shape()),
+            });
         }
         t.assign(&src)?;
     }

@@ -137,14 +137,30 @@ pub fn evaluate(setup: &Setup, cfg: &EvalConfig, progress: bool) -> Result<EvalR
     let mut rows = Vec::new();
     let mut examples = Vec::new();
     let bar = if progress { indicatif::ProgressBar::new_spinner() } else { indicatif::ProgressBar::hidden() };
-    let record = |rows: &mut Vec<Row>, examples: &mut Vec<Example>, task: &str, ways: usize, shots: usize, eps: &[Episode], preds: &[Vec<i64>], video: bool, cider: Option<f64>| {
+    let record = |rows: &mut Vec<Row>,
+                  examples: &mut Vec<Example>,
+                  task: &str,
+                  ways: usize,
+                  shots: usize,
+                  eps: &[Episode],
+                  preds: &[Vec<i64>],
+                  video: bool,
+                  cider: Option<f64>| {
         let correct = eps.iter().zip(preds).filter(|(e, p)| &e.answer == *p).count();
         rows.push(Row { task: task.to_string(), ways, shots, accuracy: correct as f64 / eps.len().max(1) as f64, n: eps.len(), cider });
         bar.set_message(format!("{task} {ways}-way {shots}-shot: {:.2}", correct as f64 / eps.len().max(1) as f64));
         bar.tick();
         if shots == 4 || (shots == 0 && task.starts_with("binding")) {
             for (e, p) in eps.iter().zip(preds).take(2) {
-                examples.push(Example { task: task.to_string(), shots, prompt: e.text.clone(), media: e.media.clone(), video, answer: tok.decode(&e.answer), prediction: tok.decode(p) });
+                examples.push(Example {
+                    task: task.to_string(),
+                    shots,
+                    prompt: e.text.clone(),
+                    media: e.media.clone(),
+                    video,
+                    answer: tok.decode(&e.answer),
+                    prediction: tok.decode(p),
+                });
             }
         }
     };
@@ -154,7 +170,8 @@ pub fn evaluate(setup: &Setup, cfg: &EvalConfig, progress: bool) -> Result<EvalR
         for &ways in &cfg.binding_ways {
             for &shots in &cfg.shots {
                 let mut rng = Rng::new(cfg.seed ^ (ways as u64 * 1000 + shots as u64) ^ (attr as u64) << 20);
-                let eps: Vec<Episode> = (0..cfg.episodes).map(|_| binding_episode(tok, attr, ways, shots, &setup.words.heldout, &setup.eval_images, &mut rng)).collect();
+                let eps: Vec<Episode> =
+                    (0..cfg.episodes).map(|_| binding_episode(tok, attr, ways, shots, &setup.words.heldout, &setup.eval_images, &mut rng)).collect();
                 let preds = answers(setup, &eps, feats, 1)?;
                 record(&mut rows, &mut examples, &task, ways, shots, &eps, &preds, false, None);
                 if cfg.rank {
@@ -180,7 +197,8 @@ pub fn evaluate(setup: &Setup, cfg: &EvalConfig, progress: bool) -> Result<EvalR
                 }
                 let mut rng = Rng::new(cfg.seed ^ 0xabc ^ shots as u64);
                 let queries: Vec<usize> = (0..n).map(|_| rng.below(pool as u64) as usize).collect();
-                let supports: Vec<Vec<usize>> = queries.iter().map(|&q| if use_rices { rices(feats, q, shots) } else { random_support(pool, q, shots, &mut rng) }).collect();
+                let supports: Vec<Vec<usize>> =
+                    queries.iter().map(|&q| if use_rices { rices(feats, q, shots) } else { random_support(pool, q, shots, &mut rng) }).collect();
                 for attr in [Attribute::Colour, Attribute::Shape, Attribute::Size] {
                     let eps: Vec<Episode> = queries.iter().zip(&supports).map(|(&q, s)| vqa_episode(tok, attr, shots, q, s, &setup.eval_images)).collect();
                     let preds = answers(setup, &eps, feats, 1)?;

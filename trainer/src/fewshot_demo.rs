@@ -72,7 +72,12 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
         let r = lm::run(&template.lm, &lm::LmStageConfig::default(), &l, false, opts.progress)?;
         let committed: Option<lm::LmReport> = crate::stages::read_json(&opts.pretrained.join("lm/report.json")).ok();
         let was = committed.map(|c| format!(" (committed checkpoint: {:.3} / {:.3})", c.binding_heldout_colour, c.binding_heldout_shape)).unwrap_or_default();
-        println!("pretrain-lm: held-out text binding colour {:.3} shape {:.3}{was} ({:.0} s)", r.binding_heldout_colour, r.binding_heldout_shape, t.elapsed().as_secs_f64());
+        println!(
+            "pretrain-lm: held-out text binding colour {:.3} shape {:.3}{was} ({:.0} s)",
+            r.binding_heldout_colour,
+            r.binding_heldout_shape,
+            t.elapsed().as_secs_f64()
+        );
         stages.push(("pretrain-lm".into(), t.elapsed().as_secs_f64()));
         (v, l)
     } else {
@@ -89,7 +94,14 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
     let t = Instant::now();
     let setup = st::setup(&template, &vision_dir, &lm_dir, &cfg)?;
     stages.push(("world".into(), t.elapsed().as_secs_f64()));
-    println!("world: {} training images, {} clips, features {}×{} per image ({:.1} s)", setup.train_images.len(), setup.train_clips.len(), setup.train_image_features.tokens, setup.train_image_features.dim, t.elapsed().as_secs_f64());
+    println!(
+        "world: {} training images, {} clips, features {}×{} per image ({:.1} s)",
+        setup.train_images.len(),
+        setup.train_clips.len(),
+        setup.train_image_features.tokens,
+        setup.train_image_features.dim,
+        t.elapsed().as_secs_f64()
+    );
     let files = RunFiles { flamingo: setup.model.cfg.clone(), vision_dir: vision_dir.clone(), lm_dir: lm_dir.clone(), train: cfg.clone() };
     let t = Instant::now();
     let r = st::run(&setup, &files, &dir.join("train"), false, opts.progress)?;
@@ -143,7 +155,15 @@ pub fn run(opts: &DemoOptions) -> Result<PathBuf> {
 }
 
 /// Writes `dir/metrics.jsonl` (every stage's lines) and `dir/report.html`.
-fn write_report(dir: &Path, name: &str, setup: &st::Setup, results: &EvalResults, ablation: Option<&EvalResults>, stages: &[(String, f64)], summary: String) -> Result<()> {
+fn write_report(
+    dir: &Path,
+    name: &str,
+    setup: &st::Setup,
+    results: &EvalResults,
+    ablation: Option<&EvalResults>,
+    stages: &[(String, f64)],
+    summary: String,
+) -> Result<()> {
     let mut metrics = String::new();
     let mut runs = Vec::new();
     for (label, sub) in [("pretrain-vision", "vision"), ("pretrain-lm", "lm"), ("train (accumulate)", "train"), ("train (round-robin)", "train-round-robin")] {

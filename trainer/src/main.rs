@@ -279,7 +279,14 @@ fn selftest(filter: Option<&str>, json: bool) -> Result<(), String> {
     }
     if let Ok(gpus) = probe() {
         if let Some(g) = gpus.iter().find(|g| flamingo_engine::Device::Cuda(g.ordinal) == dev) {
-            eprintln!("selftest on {dev}: {} (sm_{}{}, {} SMs, {:.1} GiB)", g.name, g.compute_capability.0, g.compute_capability.1, g.multiprocessors, g.total_mem_bytes as f64 / (1u64 << 30) as f64);
+            eprintln!(
+                "selftest on {dev}: {} (sm_{}{}, {} SMs, {:.1} GiB)",
+                g.name,
+                g.compute_capability.0,
+                g.compute_capability.1,
+                g.multiprocessors,
+                g.total_mem_bytes as f64 / (1u64 << 30) as f64
+            );
         }
     }
     if !json {
@@ -287,7 +294,15 @@ fn selftest(filter: Option<&str>, json: bool) -> Result<(), String> {
     }
     let checks = selftest::run(dev, filter, |c| {
         if !json {
-            println!("{:<28} {:<5} {:>10.2e} {:>8.0e}  {}{}", c.name, c.dtype, c.max_err, c.tol, if c.passed { "pass" } else { "FAIL" }, if c.note.is_empty() { String::new() } else { format!(" ({})", c.note) });
+            println!(
+                "{:<28} {:<5} {:>10.2e} {:>8.0e}  {}{}",
+                c.name,
+                c.dtype,
+                c.max_err,
+                c.tol,
+                if c.passed { "pass" } else { "FAIL" },
+                if c.note.is_empty() { String::new() } else { format!(" ({})", c.note) }
+            );
         }
     })
     .map_err(|e| e.to_string())?;
@@ -340,7 +355,15 @@ fn pretrain_vision(config: &str, out: &std::path::Path, steps: Option<u64>, seed
     cfg.seed = seed.unwrap_or(cfg.seed);
     flamingo_trainer::train_loop::install_interrupt_handler();
     let r = vision::run(&m.vision, m.image_size, &cfg, out, resume, tty()).map_err(|e| e.to_string())?;
-    println!("pretrain-vision: {} steps in {:.0} s, loss {:.3}, zero-shot retrieval recall@1 {:.3} recall@5 {:.3} (written to {})", r.steps, r.seconds, r.final_loss, r.recall_at_1, r.recall_at_5, out.display());
+    println!(
+        "pretrain-vision: {} steps in {:.0} s, loss {:.3}, zero-shot retrieval recall@1 {:.3} recall@5 {:.3} (written to {})",
+        r.steps,
+        r.seconds,
+        r.final_loss,
+        r.recall_at_1,
+        r.recall_at_5,
+        out.display()
+    );
     Ok(())
 }
 
@@ -353,12 +376,33 @@ fn pretrain_lm(config: &str, out: &std::path::Path, steps: Option<u64>, seed: Op
     cfg.seed = seed.unwrap_or(cfg.seed);
     flamingo_trainer::train_loop::install_interrupt_handler();
     let r = lm::run(&f.lm, &cfg, out, resume, tty()).map_err(|e| e.to_string())?;
-    println!("pretrain-lm: {} steps in {:.0} s, loss {:.3}, held-out text binding (2-way, 2 shots) colour {:.3} shape {:.3} (written to {})", r.steps, r.seconds, r.final_loss, r.binding_heldout_colour, r.binding_heldout_shape, out.display());
+    println!(
+        "pretrain-lm: {} steps in {:.0} s, loss {:.3}, held-out text binding (2-way, 2 shots) colour {:.3} shape {:.3} (written to {})",
+        r.steps,
+        r.seconds,
+        r.final_loss,
+        r.binding_heldout_colour,
+        r.binding_heldout_shape,
+        out.display()
+    );
     Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
-fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std::path::Path, steps: Option<u64>, seed: Option<u64>, schedule: flamingo_trainer::stages::flamingo::MixSchedule, gate_init: Option<f64>, resampler: Option<&str>, eval: bool, set: &[String], resume: bool) -> Result<(), String> {
+fn train(
+    config: &str,
+    vision: &std::path::Path,
+    lm: &std::path::Path,
+    out: &std::path::Path,
+    steps: Option<u64>,
+    seed: Option<u64>,
+    schedule: flamingo_trainer::stages::flamingo::MixSchedule,
+    gate_init: Option<f64>,
+    resampler: Option<&str>,
+    eval: bool,
+    set: &[String],
+    resume: bool,
+) -> Result<(), String> {
     use flamingo_trainer::stages::flamingo as st;
     let m = model_config(config)?;
     let mut f = m.flamingo.ok_or_else(|| format!("config {config} has no language model"))?;
@@ -366,7 +410,8 @@ fn train(config: &str, vision: &std::path::Path, lm: &std::path::Path, out: &std
         f.gate_init = g;
     }
     if let Some(r) = resampler {
-        f.resampler = serde_json::from_value(serde_json::Value::String(r.to_string())).map_err(|_| format!("--resampler: `{r}` is not perceiver or identity"))?;
+        f.resampler =
+            serde_json::from_value(serde_json::Value::String(r.to_string())).map_err(|_| format!("--resampler: `{r}` is not perceiver or identity"))?;
     }
     let mut cfg = st::TrainConfig::default().with_overrides(set).map_err(|e| e.to_string())?;
     cfg.steps = steps.unwrap_or(cfg.steps);
@@ -405,6 +450,15 @@ fn eval(run: &std::path::Path, episodes: usize, quick: bool) -> Result<(), Strin
 fn fewshot_demo(name: String, from_scratch: bool, ablation: bool, steps: Option<u64>, episodes: usize, pretrained: Option<PathBuf>) -> Result<(), String> {
     use flamingo_trainer::fewshot_demo::{default_pretrained, run, DemoOptions};
     flamingo_trainer::train_loop::install_interrupt_handler();
-    let opts = DemoOptions { name, runs_dir: PathBuf::from("runs"), pretrained: pretrained.unwrap_or_else(default_pretrained), from_scratch, ablation, steps, episodes, progress: tty() };
+    let opts = DemoOptions {
+        name,
+        runs_dir: PathBuf::from("runs"),
+        pretrained: pretrained.unwrap_or_else(default_pretrained),
+        from_scratch,
+        ablation,
+        steps,
+        episodes,
+        progress: tty(),
+    };
     run(&opts).map(|_| ()).map_err(|e| e.to_string())
 }

@@ -20,10 +20,7 @@ use std::collections::{HashMap, HashSet};
 /// are not repaired.
 pub fn normalize_answer(s: &str) -> String {
     let chars: Vec<char> = s.to_lowercase().chars().collect();
-    let digit_at = |i: Option<usize>| {
-        i.and_then(|i| chars.get(i))
-            .is_some_and(|c| c.is_ascii_digit())
-    };
+    let digit_at = |i: Option<usize>| i.and_then(|i| chars.get(i)).is_some_and(|c| c.is_ascii_digit());
     let mut cleaned = String::with_capacity(chars.len());
     for (i, &c) in chars.iter().enumerate() {
         let between_digits = digit_at(i.checked_sub(1)) && digit_at(Some(i + 1));
@@ -36,11 +33,7 @@ pub fn normalize_answer(s: &str) -> String {
             _ => cleaned.push(' '),
         }
     }
-    cleaned
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    cleaned.split_whitespace().filter(|w| !matches!(*w, "a" | "an" | "the")).collect::<Vec<_>>().join(" ")
 }
 
 /// Whether the prediction equals any of the references after [`normalize_answer`].
@@ -117,9 +110,7 @@ struct TfIdf<'a> {
 /// Python's `str.split()` with no arguments: splits on `str.isspace()` characters, which are
 /// Unicode White_Space plus the ASCII separators U+001C..U+001F.
 fn split_py(s: &str) -> Vec<&str> {
-    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c))
-        .filter(|w| !w.is_empty())
-        .collect()
+    s.split(|c: char| c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)).filter(|w| !w.is_empty()).collect()
 }
 
 fn count_grams<'a>(words: &'a [&'a str], n: usize) -> Grams<'a> {
@@ -162,15 +153,8 @@ fn tf_idf<'a>(grams: &Grams<'a>, df: &HashMap<&'a [&'a str], f64>, log_n_docs: f
         norm.push(f64::sqrt(sq));
     }
     // The reference code's "length": the bigram count (see the struct docs).
-    let length = grams
-        .get(1)
-        .map_or(0.0, |o| o.iter().map(|(_, tf)| tf).sum());
-    TfIdf {
-        entries,
-        lookup,
-        norm,
-        length,
-    }
+    let length = grams.get(1).map_or(0.0, |o| o.iter().map(|(_, tf)| tf).sum());
+    TfIdf { entries, lookup, norm, length }
 }
 
 impl Cider {
@@ -178,52 +162,29 @@ impl Cider {
     /// score (mean of the items) and the per-item scores. `candidates[i]` is scored against
     /// `references[i]`. Errors when the two lists differ in length, when a reference set is
     /// empty, or when the corpus is empty.
-    pub fn corpus_score(
-        candidates: &[String],
-        references: &[Vec<String>],
-    ) -> Result<(f64, Vec<f64>), String> {
+    pub fn corpus_score(candidates: &[String], references: &[Vec<String>]) -> Result<(f64, Vec<f64>), String> {
         Cider::default().compute_score(candidates, references)
     }
 
     /// [`Cider::corpus_score`] with this instance's `n` and `sigma`.
-    pub fn compute_score(
-        &self,
-        candidates: &[String],
-        references: &[Vec<String>],
-    ) -> Result<(f64, Vec<f64>), String> {
+    pub fn compute_score(&self, candidates: &[String], references: &[Vec<String>]) -> Result<(f64, Vec<f64>), String> {
         if candidates.len() != references.len() {
-            return Err(format!(
-                "CIDEr: {} candidates but {} reference sets (they must pair up one to one)",
-                candidates.len(),
-                references.len()
-            ));
+            return Err(format!("CIDEr: {} candidates but {} reference sets (they must pair up one to one)", candidates.len(), references.len()));
         }
         if candidates.is_empty() {
             return Err("CIDEr: empty corpus (0 candidates, 0 reference sets)".to_string());
         }
         if let Some(i) = references.iter().position(|r| r.is_empty()) {
-            return Err(format!(
-                "CIDEr: reference set {i} is empty (of {} reference sets; each needs at least one reference)",
-                references.len()
-            ));
+            return Err(format!("CIDEr: reference set {i} is empty (of {} reference sets; each needs at least one reference)", references.len()));
         }
         if self.n == 0 || self.sigma.is_nan() || self.sigma <= 0.0 {
-            return Err(format!(
-                "CIDEr: need n >= 1 and sigma > 0, got n = {}, sigma = {}",
-                self.n, self.sigma
-            ));
+            return Err(format!("CIDEr: need n >= 1 and sigma > 0, got n = {}, sigma = {}", self.n, self.sigma));
         }
 
         let cand_words: Vec<Vec<&str>> = candidates.iter().map(|c| split_py(c)).collect();
-        let ref_words: Vec<Vec<Vec<&str>>> = references
-            .iter()
-            .map(|rs| rs.iter().map(|r| split_py(r)).collect())
-            .collect();
+        let ref_words: Vec<Vec<Vec<&str>>> = references.iter().map(|rs| rs.iter().map(|r| split_py(r)).collect()).collect();
         let cand_grams: Vec<Grams> = cand_words.iter().map(|w| count_grams(w, self.n)).collect();
-        let ref_grams: Vec<Vec<Grams>> = ref_words
-            .iter()
-            .map(|rs| rs.iter().map(|w| count_grams(w, self.n)).collect())
-            .collect();
+        let ref_grams: Vec<Vec<Grams>> = ref_words.iter().map(|rs| rs.iter().map(|w| count_grams(w, self.n)).collect()).collect();
 
         // Document frequency over the reference sets: each item counts an n-gram at most once.
         let mut df: HashMap<&[&str], f64> = HashMap::new();
@@ -294,10 +255,7 @@ mod tests {
 
     #[test]
     fn exact_match_after_normalisation() {
-        assert!(exact_match(
-            "The red circle.",
-            &s(&["blue star", "red circle"])
-        ));
+        assert!(exact_match("The red circle.", &s(&["blue star", "red circle"])));
         assert!(exact_match("YES", &s(&["yes"])));
         assert!(!exact_match("red", &s(&["red circle"])));
         assert!(!exact_match("red", &[]));
@@ -306,9 +264,7 @@ mod tests {
 
     #[test]
     fn vqa_accuracy_formula() {
-        let answers = s(&[
-            "two", "2", "two", "Two.", "three", "2", "2", "2", "two", "two",
-        ]);
+        let answers = s(&["two", "2", "two", "Two.", "three", "2", "2", "2", "two", "two"]);
         assert_eq!(vqa_accuracy("two", &answers), 1.0);
         assert_eq!(vqa_accuracy("three", &answers), 1.0 / 3.0);
         assert_eq!(vqa_accuracy("2", &s(&["2", "2.", " 2 "])), 1.0);
@@ -330,24 +286,12 @@ mod tests {
 
     fn corpus() -> (Vec<String>, Vec<Vec<String>>) {
         let refs = vec![
-            s(&[
-                "big red circle moves left",
-                "a big red circle moving left",
-                "red circle going left",
-            ]),
+            s(&["big red circle moves left", "a big red circle moving left", "red circle going left"]),
             s(&["small blue star moves up", "tiny blue star goes up"]),
             s(&["green square is still", "a green square stays still"]),
-            s(&[
-                "yellow triangle moves right",
-                "small yellow triangle moves right",
-            ]),
+            s(&["yellow triangle moves right", "small yellow triangle moves right"]),
         ];
-        let cands = s(&[
-            "big red circle moves left",
-            "small blue star moves up",
-            "",
-            "purple cat",
-        ]);
+        let cands = s(&["big red circle moves left", "small blue star moves up", "", "purple cat"]);
         (cands, refs)
     }
 
@@ -362,10 +306,7 @@ mod tests {
         assert_eq!(scores[3], 0.0);
         assert!((mean - scores.iter().sum::<f64>() / 4.0).abs() < 1e-12);
         // Whitespace does not matter.
-        let spaced: Vec<String> = cands
-            .iter()
-            .map(|c| format!("  {}\t", c.replace(' ', "   ")))
-            .collect();
+        let spaced: Vec<String> = cands.iter().map(|c| format!("  {}\t", c.replace(' ', "   "))).collect();
         let (_, scores2) = Cider::corpus_score(&spaced, &refs).unwrap();
         assert_eq!(scores, scores2);
         // A single-item corpus has idf 0 everywhere, so scores 0.
@@ -377,11 +318,7 @@ mod tests {
     fn cider_identical_to_all_references_scores_highly() {
         // Each candidate equals every one of its references: per order the cosine is 1 and the
         // length penalty is 1, so the item scores exactly 10 (provided the vectors are nonzero).
-        let cands = s(&[
-            "big red circle moves left",
-            "small blue star moves up",
-            "green square is still",
-        ]);
+        let cands = s(&["big red circle moves left", "small blue star moves up", "green square is still"]);
         let refs: Vec<Vec<String>> = cands.iter().map(|c| vec![c.clone(), c.clone()]).collect();
         let (mean, scores) = Cider::corpus_score(&cands, &refs).unwrap();
         for sc in &scores {
@@ -389,11 +326,7 @@ mod tests {
         }
         assert!((mean - 10.0).abs() < 1e-12);
         // A candidate that is a strict improvement of overlap scores above a partial one.
-        let partial = s(&[
-            "big red circle",
-            "small blue star moves up",
-            "green square is still",
-        ]);
+        let partial = s(&["big red circle", "small blue star moves up", "green square is still"]);
         let (_, sp) = Cider::corpus_score(&partial, &refs).unwrap();
         assert!(sp[0] < scores[0] && sp[0] > 0.0, "{sp:?}");
     }

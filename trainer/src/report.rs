@@ -62,8 +62,21 @@ pub fn svg_chart(title: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
     let _ = write!(s, "<text x='{pad}' y='20' font-size='13'>{}</text>", esc(title));
     let _ = write!(s, "<line x1='{pad}' y1='{}' x2='{}' y2='{}' stroke='#888'/>", h - pad, w - pad, h - pad);
     let _ = write!(s, "<line x1='{pad}' y1='{pad}' x2='{pad}' y2='{}' stroke='#888'/>", h - pad);
-    let _ = write!(s, "<text x='{pad}' y='{}' font-size='11'>{x0:.0}</text><text x='{}' y='{}' font-size='11' text-anchor='end'>{x1:.0}</text>", h - pad + 14.0, w - pad, h - pad + 14.0);
-    let _ = write!(s, "<text x='{}' y='{}' font-size='11' text-anchor='end'>{y1:.2}</text><text x='{}' y='{}' font-size='11' text-anchor='end'>{y0:.2}</text>", pad - 4.0, pad + 4.0, pad - 4.0, h - pad);
+    let _ = write!(
+        s,
+        "<text x='{pad}' y='{}' font-size='11'>{x0:.0}</text><text x='{}' y='{}' font-size='11' text-anchor='end'>{x1:.0}</text>",
+        h - pad + 14.0,
+        w - pad,
+        h - pad + 14.0
+    );
+    let _ = write!(
+        s,
+        "<text x='{}' y='{}' font-size='11' text-anchor='end'>{y1:.2}</text><text x='{}' y='{}' font-size='11' text-anchor='end'>{y0:.2}</text>",
+        pad - 4.0,
+        pad + 4.0,
+        pad - 4.0,
+        h - pad
+    );
     for (i, (name, p)) in series.iter().enumerate() {
         let c = colours[i % colours.len()];
         let line: Vec<String> = p.iter().filter(|(_, y)| y.is_finite()).map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
@@ -143,7 +156,8 @@ pub fn html(r: &ReportInput) -> String {
         if !probes.is_empty() {
             s += &svg_chart(&format!("{label}: held-out 2-way binding accuracy during training (50 episodes)"), &probes);
         }
-        let gates: Vec<(String, Vec<(f64, f64)>)> = (0..8).map(|i| (format!("tanh(attn gate {i})"), series(m, &format!("tanh_{i}")))).filter(|(_, p)| !p.is_empty()).collect();
+        let gates: Vec<(String, Vec<(f64, f64)>)> =
+            (0..8).map(|i| (format!("tanh(attn gate {i})"), series(m, &format!("tanh_{i}")))).filter(|(_, p)| !p.is_empty()).collect();
         if !gates.is_empty() {
             s += &svg_chart(&format!("{label}: tanh of the cross-attention gates"), &gates);
         }

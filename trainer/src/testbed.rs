@@ -4,9 +4,9 @@
 //! module are documented in docs/TESTBED.md.
 use flamingo_engine::io::{self, SafetensorsFile};
 use flamingo_engine::{DType, Error, ParamStore, Result, Rng, Tensor};
+use flamingo_model::contrastive::{ContrastiveConfig, ContrastiveModel};
 use flamingo_model::flamingo::{Flamingo, FlamingoConfig};
 use flamingo_model::lm::{Lm, LmConfig};
-use flamingo_model::contrastive::{ContrastiveConfig, ContrastiveModel};
 use flamingo_model::nfnet::{NfNet, NfNetConfig};
 use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
@@ -94,7 +94,11 @@ pub fn run(module: &str, config: &Path, weights: &Path, inputs: &Path, out_path:
     if let Some(gpath) = grad_output {
         let g = SafetensorsFile::open(gpath)?.get(out_name)?;
         if g.shape() != out.shape() {
-            return Err(Error::Key { path: gpath.to_path_buf(), key: out_name.into(), msg: format!("gradient shape {:?} differs from the output's {:?}", g.shape(), out.shape()) });
+            return Err(Error::Key {
+                path: gpath.to_path_buf(),
+                key: out_name.into(),
+                msg: format!("gradient shape {:?} differs from the output's {:?}", g.shape(), out.shape()),
+            });
         }
         out.backward_with(&g.to_dtype(out.dtype())?)?;
         for (name, t) in &named_inputs {

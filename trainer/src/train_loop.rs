@@ -142,7 +142,12 @@ pub fn run(
         bar.set_message(format!("loss {:.4} {:.0} tok/s", stats.loss, tps));
         let probed = stats.extra.keys().any(|k| k.starts_with("probe_"));
         if probed {
-            let p: Vec<String> = stats.extra.iter().filter(|(k, _)| k.starts_with("probe_")).map(|(k, v)| format!("{}={:.2}", k.trim_start_matches("probe_"), v.as_f64().unwrap_or(0.0))).collect();
+            let p: Vec<String> = stats
+                .extra
+                .iter()
+                .filter(|(k, _)| k.starts_with("probe_"))
+                .map(|(k, v)| format!("{}={:.2}", k.trim_start_matches("probe_"), v.as_f64().unwrap_or(0.0)))
+                .collect();
             let line = format!("{:>15} step {step:>6} probe: {}", cfg.stage, p.join(" "));
             if cfg.progress {
                 bar.println(line);

@@ -15,10 +15,7 @@ fn close(ours: f64, theirs: f64) -> bool {
 
 #[test]
 fn cider_matches_pycocoevalcap() {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../tests/fixtures/cider/expected.json"
-    );
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/cider/expected.json");
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     let fixture: Value = serde_json::from_str(&text).unwrap();
     let cases = fixture["cases"].as_array().expect("cases");
@@ -27,30 +24,10 @@ fn cider_matches_pycocoevalcap() {
     let mut worst = 0.0f64;
     for case in cases {
         let name = case["name"].as_str().unwrap();
-        let candidates: Vec<String> = case["candidates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c.as_str().unwrap().to_string())
-            .collect();
-        let references: Vec<Vec<String>> = case["references"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|rs| {
-                rs.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|r| r.as_str().unwrap().to_string())
-                    .collect()
-            })
-            .collect();
-        let expected: Vec<f64> = case["scores"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s.as_f64().unwrap())
-            .collect();
+        let candidates: Vec<String> = case["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+        let references: Vec<Vec<String>> =
+            case["references"].as_array().unwrap().iter().map(|rs| rs.as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect()).collect();
+        let expected: Vec<f64> = case["scores"].as_array().unwrap().iter().map(|s| s.as_f64().unwrap()).collect();
         let expected_mean = case["corpus_score"].as_f64().unwrap();
 
         let (mean, scores) = Cider::corpus_score(&candidates, &references).unwrap();
@@ -67,10 +44,7 @@ fn cider_matches_pycocoevalcap() {
             }
             checked += 1;
         }
-        assert!(
-            close(mean, expected_mean),
-            "{name}: corpus score ours {mean:.17e} vs pycocoevalcap {expected_mean:.17e}"
-        );
+        assert!(close(mean, expected_mean), "{name}: corpus score ours {mean:.17e} vs pycocoevalcap {expected_mean:.17e}");
     }
     assert!(checked >= 30, "only {checked} items checked");
     eprintln!("checked {checked} item scores; worst relative difference {worst:.3e}");

@@ -24,7 +24,8 @@ fn stages_run_and_train_resumes_bit_for_bit() {
     let template = preset.flamingo.clone().unwrap();
     let root = tmp("all");
     let (vdir, ldir) = (root.join("vision"), root.join("lm"));
-    let v = vision::run(&preset.vision, preset.image_size, &vision::VisionStageConfig { steps: 2, batch: 8, ..Default::default() }, &vdir, false, false).unwrap();
+    let v =
+        vision::run(&preset.vision, preset.image_size, &vision::VisionStageConfig { steps: 2, batch: 8, ..Default::default() }, &vdir, false, false).unwrap();
     assert!(v.final_loss.is_finite() && (0.0..=1.0).contains(&v.recall_at_1));
     let l = lm::run(&template.lm, &lm::LmStageConfig { steps: 2, batch: 4, ..Default::default() }, &ldir, false, false).unwrap();
     assert!(l.final_loss.is_finite());

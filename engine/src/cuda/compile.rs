@@ -26,7 +26,9 @@ pub fn cache_dir() -> PathBuf {
     if let Ok(d) = std::env::var("FLAMINGO_CACHE_DIR") {
         return PathBuf::from(d).join("ptx");
     }
-    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache"));
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| ".".into())).join(".cache"));
     base.join("flamingo/ptx")
 }
 
@@ -58,7 +60,9 @@ pub fn compile_uncached(name: &str, arch: &str) -> Result<String, String> {
     let opts = cudarc::nvrtc::CompileOptions { arch: Some(arch_static), options, name: Some(format!("{name}.cu")), ..Default::default() };
     match cudarc::nvrtc::compile_ptx_with_opts(src, opts) {
         Ok(ptx) => Ok(ptx.to_src()),
-        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => Err(format!("NVRTC could not compile kernels/cuda/{name}.cu for {arch}:\n{}", log.to_string_lossy())),
+        Err(cudarc::nvrtc::CompileError::CompileError { log, .. }) => {
+            Err(format!("NVRTC could not compile kernels/cuda/{name}.cu for {arch}:\n{}", log.to_string_lossy()))
+        }
         Err(e) => Err(format!("NVRTC failed on kernels/cuda/{name}.cu for {arch}: {e}")),
     }
 }

@@ -11,8 +11,8 @@ pub(crate) mod ops;
 pub mod selftest;
 mod storage;
 
-pub use storage::CudaStorage;
 pub(crate) use storage::check_dtype as storage_check_dtype;
+pub use storage::CudaStorage;
 
 use crate::{Error, Result};
 use cudarc::driver::{result as cu, sys};
@@ -312,7 +312,8 @@ impl Gpu {
                     let c = std::ffi::CString::new(ptx).map_err(|_| self.err("PTX contains a NUL byte"))?;
                     self.bind()?;
                     // SAFETY: c is a NUL-terminated PTX image.
-                    let m = unsafe { cu::module::load_data(c.as_ptr() as *const c_void) }.map_err(|e| self.err(format!("loading the PTX of kernels/cuda/{module}.cu: {e:?}")))?;
+                    let m = unsafe { cu::module::load_data(c.as_ptr() as *const c_void) }
+                        .map_err(|e| self.err(format!("loading the PTX of kernels/cuda/{module}.cu: {e:?}")))?;
                     mods.insert(module, Handle(m as *mut c_void));
                     m
                 }

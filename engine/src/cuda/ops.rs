@@ -50,7 +50,11 @@ pub(crate) fn cuda_layout(op: &'static str, shape: &[usize], strides: &[usize], 
         }
     }
     if dims.len() > 8 {
-        return Err(Error::Shape { op, shape: shape.to_vec(), msg: "CUDA kernels take views of at most 8 non-mergeable dimensions; call .contiguous() first".into() });
+        return Err(Error::Shape {
+            op,
+            shape: shape.to_vec(),
+            msg: "CUDA kernels take views of at most 8 non-mergeable dimensions; call .contiguous() first".into(),
+        });
     }
     let mut l = CudaLayout { shape: [1; 8], stride: [0; 8], offset: offset as i64, rank: dims.len() as i32 };
     for (i, (s, st)) in dims.into_iter().enumerate() {
@@ -383,7 +387,16 @@ pub(crate) fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, n: usize, eps: f64)
 
 /// Layer-norm backward: `(dx if want_dx, (dw, db) if want_params)`.
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub(crate) fn layer_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, mean: &CudaStorage, rstd: &CudaStorage, n: usize, want_dx: bool, want_params: bool) -> Result<(Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>)> {
+pub(crate) fn layer_norm_backward(
+    x: &Tensor,
+    g: &Tensor,
+    w: &Tensor,
+    mean: &CudaStorage,
+    rstd: &CudaStorage,
+    n: usize,
+    want_dx: bool,
+    want_params: bool,
+) -> Result<(Option<CudaStorage>, Option<(CudaStorage, CudaStorage)>)> {
     const OP: &str = "layer_norm_backward";
     let (gpu, xp, _k) = contig(x, OP)?;
     let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
@@ -403,7 +416,13 @@ pub(crate) fn layer_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, mean: &Cud
         let dw = CudaStorage::alloc(&gpu, DType::F32, n)?;
         let db = CudaStorage::alloc(&gpu, DType::F32, n)?;
         if n > 0 {
-            gpu.launch("norm", "layer_norm_bwd_params_f32", grid(n, BLOCK), BLOCK, &mut args![rows as i64, n as i64, xp, gp, mean.ptr, rstd.ptr, dw.ptr, db.ptr])?;
+            gpu.launch(
+                "norm",
+                "layer_norm_bwd_params_f32",
+                grid(n, BLOCK),
+                BLOCK,
+                &mut args![rows as i64, n as i64, xp, gp, mean.ptr, rstd.ptr, dw.ptr, db.ptr],
+            )?;
         }
         Some((dw, db))
     } else {
@@ -423,14 +442,28 @@ pub(crate) fn cross_entropy(x: &Tensor, targets: &CudaStorage, v: usize, smoothi
     let lse = CudaStorage::alloc(&gpu, DType::F32, rows)?;
     let mean = CudaStorage::alloc(&gpu, DType::F32, 1)?;
     if rows > 0 {
-        gpu.launch("loss", "cross_entropy_rows_f32", rows_grid(rows), ROW_BLOCK, &mut args![rows as i64, v as i64, smoothing as f32, xp, targets.ptr, losses.ptr, lse.ptr])?;
+        gpu.launch(
+            "loss",
+            "cross_entropy_rows_f32",
+            rows_grid(rows),
+            ROW_BLOCK,
+            &mut args![rows as i64, v as i64, smoothing as f32, xp, targets.ptr, losses.ptr, lse.ptr],
+        )?;
     }
     let inv = if count == 0 { f32::NAN } else { 1.0 / count as f32 };
     gpu.launch("loss", "mean_of_f32", 1, 1024, &mut args![rows as i64, inv, losses.ptr, mean.ptr])?;
     Ok((mean, lse))
 }
 
-pub(crate) fn cross_entropy_backward(x: &Tensor, targets: &CudaStorage, lse: &CudaStorage, g: &Tensor, v: usize, smoothing: f64, count: usize) -> Result<CudaStorage> {
+pub(crate) fn cross_entropy_backward(
+    x: &Tensor,
+    targets: &CudaStorage,
+    lse: &CudaStorage,
+    g: &Tensor,
+    v: usize,
+    smoothing: f64,
+    count: usize,
+) -> Result<CudaStorage> {
     const OP: &str = "cross_entropy_backward";
     let (gpu, xp, _k) = contig(x, OP)?;
     let g = if g.dtype() != DType::F32 { g.to_dtype(DType::F32)? } else { g.clone() };
@@ -439,7 +472,13 @@ pub(crate) fn cross_entropy_backward(x: &Tensor, targets: &CudaStorage, lse: &Cu
     let dx = CudaStorage::alloc(&gpu, DType::F32, x.numel())?;
     let inv = if count == 0 { f32::NAN } else { 1.0 / count as f32 };
     if x.numel() > 0 {
-        gpu.launch("loss", "cross_entropy_rows_bwd_f32", grid(x.numel(), BLOCK), BLOCK, &mut args![rows as i64, v as i64, smoothing as f32, inv, xp, targets.ptr, lse.ptr, gp, dx.ptr])?;
+        gpu.launch(
+            "loss",
+            "cross_entropy_rows_bwd_f32",
+            grid(x.numel(), BLOCK),
+            BLOCK,
+            &mut args![rows as i64, v as i64, smoothing as f32, inv, xp, targets.ptr, lse.ptr, gp, dx.ptr],
+        )?;
     }
     Ok(dx)
 }
@@ -467,7 +506,13 @@ pub(crate) fn index_add_mid(g: &Tensor, outer: usize, n: usize, inner: usize, id
     let k = idx.len;
     let dx = CudaStorage::zeros(&gpu, DType::F32, outer * n * inner)?;
     if outer * k * inner > 0 {
-        gpu.launch("index", "index_add_f32", grid(outer * k * inner, BLOCK), BLOCK, &mut args![outer as i64, n as i64, inner as i64, k as i64, gp, idx.ptr, dx.ptr])?;
+        gpu.launch(
+            "index",
+            "index_add_f32",
+            grid(outer * k * inner, BLOCK),
+            BLOCK,
+            &mut args![outer as i64, n as i64, inner as i64, k as i64, gp, idx.ptr, dx.ptr],
+        )?;
     }
     Ok(dx)
 }
@@ -495,7 +540,20 @@ pub(crate) struct MatOperand {
 /// Row-major `C[b] = alpha·op(A[b])·op(B[b]) + beta·C[b]` for `batch` entries, `C` `[m, n]` with
 /// leading dimension `ldc`, through cuBLAS (f32, or bf16 with f32 accumulation).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm(gpu: &Gpu, dtype: DType, m: usize, n: usize, k: usize, a: MatOperand, b: MatOperand, c: u64, ldc: usize, c_stride: usize, batch: usize, beta: f32) -> Result<()> {
+pub(crate) fn gemm(
+    gpu: &Gpu,
+    dtype: DType,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: MatOperand,
+    b: MatOperand,
+    c: u64,
+    ldc: usize,
+    c_stride: usize,
+    batch: usize,
+    beta: f32,
+) -> Result<()> {
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());
     }
@@ -503,7 +561,11 @@ pub(crate) fn gemm(gpu: &Gpu, dtype: DType, m: usize, n: usize, k: usize, a: Mat
     let (ty, compute) = match dtype {
         DType::F32 => (
             blas::cudaDataType::CUDA_R_32F,
-            if std::env::var("FLAMINGO_TF32").map(|v| v == "1").unwrap_or(false) { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32 } else { blas::cublasComputeType_t::CUBLAS_COMPUTE_32F },
+            if std::env::var("FLAMINGO_TF32").map(|v| v == "1").unwrap_or(false) {
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            } else {
+                blas::cublasComputeType_t::CUBLAS_COMPUTE_32F
+            },
         ),
         DType::BF16 => (blas::cudaDataType::CUDA_R_16BF, blas::cublasComputeType_t::CUBLAS_COMPUTE_32F),
         d => return Err(Error::UnsupportedDType { op: "matmul", dtype: d }),
@@ -773,7 +835,17 @@ fn ic_weight_splits(tiles: usize, red: usize, multiprocessors: usize) -> usize {
 
 /// Average pooling of `[planes, h, w]` (f32), and its backward.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn avg_pool2d(x: &Tensor, planes: usize, h: usize, w: usize, kernel: (usize, usize), stride: (usize, usize), ho: usize, wo: usize, backward: bool) -> Result<CudaStorage> {
+pub(crate) fn avg_pool2d(
+    x: &Tensor,
+    planes: usize,
+    h: usize,
+    w: usize,
+    kernel: (usize, usize),
+    stride: (usize, usize),
+    ho: usize,
+    wo: usize,
+    backward: bool,
+) -> Result<CudaStorage> {
     const OP: &str = "avg_pool2d";
     let x = if x.dtype() != DType::F32 { x.to_dtype(DType::F32)? } else { x.clone() };
     let (gpu, xp, _k) = contig(&x, OP)?;
@@ -782,7 +854,13 @@ pub(crate) fn avg_pool2d(x: &Tensor, planes: usize, h: usize, w: usize, kernel: 
     let name = if backward { "avg_pool2d_bwd_f32" } else { "avg_pool2d_f32" };
     let i = |v: usize| v as i64;
     if n_out > 0 {
-        gpu.launch("conv", name, grid(n_out, BLOCK), BLOCK, &mut args![i(planes), i(h), i(w), i(kernel.0), i(kernel.1), i(stride.0), i(stride.1), i(ho), i(wo), xp, out.ptr])?;
+        gpu.launch(
+            "conv",
+            name,
+            grid(n_out, BLOCK),
+            BLOCK,
+            &mut args![i(planes), i(h), i(w), i(kernel.0), i(kernel.1), i(stride.0), i(stride.1), i(ho), i(wo), xp, out.ptr],
+        )?;
     }
     Ok(out)
 }
@@ -1085,7 +1163,16 @@ pub(crate) fn masked_xattn_tiled(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: 
 
 /// Tiled masked cross-attention backward: `(dq, dk, dv)` in q's dtype.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn masked_xattn_tiled_backward(s: XAttnDims, plan: &XAttnPlan, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+pub(crate) fn masked_xattn_tiled_backward(
+    s: XAttnDims,
+    plan: &XAttnPlan,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &CudaStorage,
+    d_o: &Tensor,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "masked_cross_attention_backward";
     let dq_kernel = xattn_kernel(OP, "bwd_dq", q.dtype(), plan.variant)?;
     let dkdv_kernel = xattn_kernel(OP, "bwd_dkdv", q.dtype(), plan.variant)?;
@@ -1139,14 +1226,29 @@ pub(crate) fn masked_xattn(s: XAttnDims, q: &Tensor, k: &Tensor, v: &Tensor, med
     let o = CudaStorage::alloc(&gpu, DType::F32, q.numel())?;
     let lse = CudaStorage::alloc(&gpu, DType::F32, rows)?;
     if rows > 0 {
-        gpu.launch("fused", "masked_xattn_fwd_f32", rows.div_ceil(XA_WARPS as usize).clamp(1, 1 << 20) as u32, 32 * XA_WARPS, &mut args![s, qp, kp, vp, media.ptr, o.ptr, lse.ptr])?;
+        gpu.launch(
+            "fused",
+            "masked_xattn_fwd_f32",
+            rows.div_ceil(XA_WARPS as usize).clamp(1, 1 << 20) as u32,
+            32 * XA_WARPS,
+            &mut args![s, qp, kp, vp, media.ptr, o.ptr, lse.ptr],
+        )?;
     }
     Ok((o, lse))
 }
 
 /// Masked cross-attention backward: `(dq, dk, dv)`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn masked_xattn_backward(s: XAttnDims, q: &Tensor, k: &Tensor, v: &Tensor, media: &CudaStorage, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+pub(crate) fn masked_xattn_backward(
+    s: XAttnDims,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    media: &CudaStorage,
+    o: &Tensor,
+    lse: &CudaStorage,
+    d_o: &Tensor,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "masked_cross_attention_backward";
     let (gpu, qp, _kq) = contig(q, OP)?;
     let (_, kp, _kk) = contig(k, OP)?;
@@ -1252,7 +1354,15 @@ pub(crate) fn causal_attention(s: CaDims, q: &Tensor, k: &Tensor, v: &Tensor) ->
 /// Causal attention backward from token-major `o` and `d_o` `[B, L, H, D]`: `(dq, dk, dv)`,
 /// token-major `[B, L, H, D]` and `[B, L, KVH, D]`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn causal_attention_backward(s: CaDims, q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &CudaStorage, d_o: &Tensor) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
+pub(crate) fn causal_attention_backward(
+    s: CaDims,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    o: &Tensor,
+    lse: &CudaStorage,
+    d_o: &Tensor,
+) -> Result<(CudaStorage, CudaStorage, CudaStorage)> {
     const OP: &str = "causal_attention_backward";
     let (gpu, qp, qv) = head_view(q, OP)?;
     let (_, kp, kv) = head_view(k, OP)?;
@@ -1264,8 +1374,20 @@ pub(crate) fn causal_attention_backward(s: CaDims, q: &Tensor, k: &Tensor, v: &T
     let dv = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.l * s.kvh * s.d) as usize)?;
     let delta = CudaStorage::alloc(&gpu, DType::F32, (s.b * s.h * s.l) as usize)?;
     if s.b * s.h * s.l > 0 {
-        gpu.launch("attention", "causal_attn_bwd_dq_f32", ca_blocks(OP, s.b, s.h, s.l)?, CA_THREADS, &mut args![s, qp, qv, kp, kv, vp, vv, op_, gp, lse.ptr, delta.ptr, dq.ptr])?;
-        gpu.launch("attention", "causal_attn_bwd_dkv_f32", ca_blocks(OP, s.b, s.kvh, s.l)?, CA_THREADS, &mut args![s, qp, qv, kp, kv, vp, vv, gp, lse.ptr, delta.ptr, dk.ptr, dv.ptr])?;
+        gpu.launch(
+            "attention",
+            "causal_attn_bwd_dq_f32",
+            ca_blocks(OP, s.b, s.h, s.l)?,
+            CA_THREADS,
+            &mut args![s, qp, qv, kp, kv, vp, vv, op_, gp, lse.ptr, delta.ptr, dq.ptr],
+        )?;
+        gpu.launch(
+            "attention",
+            "causal_attn_bwd_dkv_f32",
+            ca_blocks(OP, s.b, s.kvh, s.l)?,
+            CA_THREADS,
+            &mut args![s, qp, qv, kp, kv, vp, vv, gp, lse.ptr, delta.ptr, dk.ptr, dv.ptr],
+        )?;
     }
     Ok((dq, dk, dv))
 }

@@ -91,7 +91,12 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         vec![false, true, true],
         Box::new(|t| Tensor::where_cond(&t[0].gt(&t[2])?, &t[1], &t[2])),
     );
-    push("masked_fill", vec![randn(&[5, 7], rng)], vec![true], Box::new(|t| t[0].masked_fill(&t[0].lt(&Tensor::zeros(&[], t[0].dtype(), t[0].device()))?, -3.0)));
+    push(
+        "masked_fill",
+        vec![randn(&[5, 7], rng)],
+        vec![true],
+        Box::new(|t| t[0].masked_fill(&t[0].lt(&Tensor::zeros(&[], t[0].dtype(), t[0].device()))?, -3.0)),
+    );
     push("sum_axes", vec![randn(&[5, 6, 7, 3], rng)], vec![true], Box::new(|t| t[0].sum(&[1, 3], false)));
     push("sum_rows", vec![randn(&[9, 1000], rng)], vec![true], Box::new(|t| t[0].sum(&[-1], true)));
     push("sum_all", vec![randn(&[3, 50, 41], rng)], vec![true], Box::new(|t| t[0].sum_all()));
@@ -109,12 +114,7 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         Box::new(|t| t[0].layer_norm(Some(&t[1]), Some(&t[2]), 1e-5)),
     );
     let targets = Tensor::from_vec((0..24).map(|i| if i % 7 == 3 { -100 } else { (i * 13 % 50) as i64 }).collect::<Vec<_>>(), &[4, 6]).expect("shape");
-    push(
-        "cross_entropy",
-        vec![randn(&[4, 6, 50], rng), targets.clone()],
-        vec![true, false],
-        Box::new(|t| t[0].cross_entropy(&t[1], Some(-100), 0.0)),
-    );
+    push("cross_entropy", vec![randn(&[4, 6, 50], rng), targets.clone()], vec![true, false], Box::new(|t| t[0].cross_entropy(&t[1], Some(-100), 0.0)));
     push("cross_entropy_smooth", vec![randn(&[4, 6, 50], rng), targets], vec![true, false], Box::new(|t| t[0].cross_entropy(&t[1], Some(-100), 0.1)));
     let ids = Tensor::from_vec(vec![3i64, 0, 7, 3, 9, 1, 3], &[7]).expect("shape");
     push("index_select", vec![randn(&[4, 10, 3], rng), ids.clone()], vec![true, false], Box::new(|t| t[0].index_select(1, &t[1])));
@@ -204,8 +204,23 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
         Box::new(|t| t[0].linear(&t[1], Some(&t[2]))),
     );
     // The fused ops: the GPU kernels against the CPU kernels.
-    let media = Tensor::from_vec((0..2 * 12).map(|i| { let t = i % 12; if t < 2 { 0.0f32 } else { (1 + (t - 2) / 4) as f32 } }).collect::<Vec<_>>(), &[2, 12]).expect("shape");
-    for (name, mode) in [("fused_masked_xattn", crate::ops::fused::XAttnMode::OnlyImmediate), ("fused_masked_xattn_all_prev", crate::ops::fused::XAttnMode::AllPrevious)] {
+    let media = Tensor::from_vec(
+        (0..2 * 12)
+            .map(|i| {
+                let t = i % 12;
+                if t < 2 {
+                    0.0f32
+                } else {
+                    (1 + (t - 2) / 4) as f32
+                }
+            })
+            .collect::<Vec<_>>(),
+        &[2, 12],
+    )
+    .expect("shape");
+    for (name, mode) in
+        [("fused_masked_xattn", crate::ops::fused::XAttnMode::OnlyImmediate), ("fused_masked_xattn_all_prev", crate::ops::fused::XAttnMode::AllPrevious)]
+    {
         let md = media.clone();
         push(
             name,
@@ -220,9 +235,48 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
     let long_media = |b: usize, t: usize, f: &dyn Fn(usize) -> f32| Tensor::from_vec((0..b * t).map(|i| f(i % t)).collect::<Vec<_>>(), &[b, t]).expect("shape");
     let cases_long: [(&'static str, crate::ops::fused::XAttnMode, [usize; 6], Tensor); 3] = [
         // media: 3 text tokens, 75 tokens of medium 1, 22 of medium 3 (medium 2 unseen); R = 70.
-        ("fused_masked_xattn_long_runs", crate::ops::fused::XAttnMode::OnlyImmediate, [2, 100, 3, 70, 2, 64], long_media(2, 100, &|t| if t < 3 { 0.0 } else if t < 78 { 1.0 } else { 3.0 })),
-        ("fused_masked_xattn_d96_all_prev", crate::ops::fused::XAttnMode::AllPrevious, [2, 40, 2, 20, 2, 96], long_media(2, 40, &|t| if t < 1 { 0.0 } else if t < 21 { 1.0 } else { 2.0 })),
-        ("fused_masked_xattn_d160", crate::ops::fused::XAttnMode::OnlyImmediate, [1, 9, 2, 3, 2, 160], long_media(1, 9, &|t| if t < 2 { 0.0 } else if t < 6 { 1.0 } else { 2.0 })),
+        (
+            "fused_masked_xattn_long_runs",
+            crate::ops::fused::XAttnMode::OnlyImmediate,
+            [2, 100, 3, 70, 2, 64],
+            long_media(2, 100, &|t| {
+                if t < 3 {
+                    0.0
+                } else if t < 78 {
+                    1.0
+                } else {
+                    3.0
+                }
+            }),
+        ),
+        (
+            "fused_masked_xattn_d96_all_prev",
+            crate::ops::fused::XAttnMode::AllPrevious,
+            [2, 40, 2, 20, 2, 96],
+            long_media(2, 40, &|t| {
+                if t < 1 {
+                    0.0
+                } else if t < 21 {
+                    1.0
+                } else {
+                    2.0
+                }
+            }),
+        ),
+        (
+            "fused_masked_xattn_d160",
+            crate::ops::fused::XAttnMode::OnlyImmediate,
+            [1, 9, 2, 3, 2, 160],
+            long_media(1, 9, &|t| {
+                if t < 2 {
+                    0.0
+                } else if t < 6 {
+                    1.0
+                } else {
+                    2.0
+                }
+            }),
+        ),
     ];
     for (name, mode, [b, t, m, r, h, d], md) in cases_long {
         push(
@@ -232,14 +286,26 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             Box::new(move |x| Tensor::masked_cross_attention(&x[0], &x[1], &x[2], &md.to_device(x[0].device())?, mode)),
         );
     }
-    push("fused_gated_residual", vec![randn(&[3, 7, 33], rng), randn(&[3, 7, 33], rng), randn(&[1], rng)], vec![true, true, true], Box::new(|t| Tensor::gated_residual(&t[0], &t[1], &t[2])));
-    for (name, mode) in [("fused_ws_timm", crate::ops::fused::StdScale::Timm { eps: 1e-5 }), ("fused_ws_deepmind", crate::ops::fused::StdScale::DeepMind { floor: 1e-4 })] {
+    push(
+        "fused_gated_residual",
+        vec![randn(&[3, 7, 33], rng), randn(&[3, 7, 33], rng), randn(&[1], rng)],
+        vec![true, true, true],
+        Box::new(|t| Tensor::gated_residual(&t[0], &t[1], &t[2])),
+    );
+    for (name, mode) in
+        [("fused_ws_timm", crate::ops::fused::StdScale::Timm { eps: 1e-5 }), ("fused_ws_deepmind", crate::ops::fused::StdScale::DeepMind { floor: 1e-4 })]
+    {
         push(name, vec![randn(&[6, 4, 3, 3], rng), randn(&[6], rng)], vec![true, true], Box::new(move |t| Tensor::weight_standardize(&t[0], &t[1], mode)));
     }
-    push("attention_block", vec![randn(&[2, 4, 10, 16], rng), randn(&[2, 4, 12, 16], rng), randn(&[2, 4, 12, 16], rng)], vec![true, true, true], Box::new(|t| {
-        let s = t[0].matmul(&t[1].transpose(-1, -2)?)?.mul_scalar(0.25)?;
-        s.softmax(-1)?.matmul(&t[2])
-    }));
+    push(
+        "attention_block",
+        vec![randn(&[2, 4, 10, 16], rng), randn(&[2, 4, 12, 16], rng), randn(&[2, 4, 12, 16], rng)],
+        vec![true, true, true],
+        Box::new(|t| {
+            let s = t[0].matmul(&t[1].transpose(-1, -2)?)?.mul_scalar(0.25)?;
+            s.softmax(-1)?.matmul(&t[2])
+        }),
+    );
     v
 }
 

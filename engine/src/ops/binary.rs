@@ -144,11 +144,8 @@ impl Tensor {
             return Ok(r);
         }
         let shape = broadcast_shapes(NAME, &broadcast_shapes(NAME, cond.shape(), on_true.shape())?, on_false.shape())?;
-        let (lc, la, lb) = (
-            cond.layout().broadcast_to(&shape, NAME)?,
-            on_true.layout().broadcast_to(&shape, NAME)?,
-            on_false.layout().broadcast_to(&shape, NAME)?,
-        );
+        let (lc, la, lb) =
+            (cond.layout().broadcast_to(&shape, NAME)?, on_true.layout().broadcast_to(&shape, NAME)?, on_false.layout().broadcast_to(&shape, NAME)?);
         with_float_type!(NAME, on_true.dtype(), T => {
             let mut out = vec![0 as T; shape.iter().product()];
             cond.with_strided::<T, _>(NAME, |dc, _| on_true.with_strided::<T, _>(NAME, |da, _| on_false.with_strided::<T, _>(NAME, |db, _| {
@@ -188,14 +185,8 @@ fn binary_backward(op: BinaryOp) -> crate::autograd::BackwardFn {
         let (ga, gb) = match op {
             BinaryOp::Add => (needs(inp, 0).then(|| g.clone()), needs(inp, 1).then(|| g.clone())),
             BinaryOp::Sub => (needs(inp, 0).then(|| g.clone()), if needs(inp, 1) { Some(g.neg()?) } else { None }),
-            BinaryOp::Mul => (
-                if needs(inp, 0) { Some(g.mul(b)?) } else { None },
-                if needs(inp, 1) { Some(g.mul(a)?) } else { None },
-            ),
-            BinaryOp::Div => (
-                if needs(inp, 0) { Some(g.div(b)?) } else { None },
-                if needs(inp, 1) { Some(g.mul(a)?.div(&b.square()?)?.neg()?) } else { None },
-            ),
+            BinaryOp::Mul => (if needs(inp, 0) { Some(g.mul(b)?) } else { None }, if needs(inp, 1) { Some(g.mul(a)?) } else { None }),
+            BinaryOp::Div => (if needs(inp, 0) { Some(g.div(b)?) } else { None }, if needs(inp, 1) { Some(g.mul(a)?.div(&b.square()?)?.neg()?) } else { None }),
             BinaryOp::Max | BinaryOp::Min => {
                 let win = if op == BinaryOp::Max { a.gt(b)? } else { a.lt(b)? };
                 let tie = a.eq_mask(b)?.affine(0.5, 0.0)?;

@@ -144,7 +144,11 @@ impl Tensor {
         let tables: Tables = match rope {
             Some((c, sn)) => {
                 let row_stride = if c.shape()[0] == 1 { 0 } else { s.l * s.d };
-                Some((std::sync::Arc::new(c.to_dtype(DType::F32)?.to_vec::<f32>()?), std::sync::Arc::new(sn.to_dtype(DType::F32)?.to_vec::<f32>()?), row_stride))
+                Some((
+                    std::sync::Arc::new(c.to_dtype(DType::F32)?.to_vec::<f32>()?),
+                    std::sync::Arc::new(sn.to_dtype(DType::F32)?.to_vec::<f32>()?),
+                    row_stride,
+                ))
             }
             None => None,
         };
@@ -152,8 +156,12 @@ impl Tensor {
         let os = HeadStrides::token_major(s.h, s.l, s.d);
         let mut o = crate::pool::take::<f32>(s.b * s.h * s.l * s.d);
         let mut lse = vec![0f32; s.b * s.h * s.l];
-        q.with_strided::<f32, _>(OP, |qd, _| k.with_strided::<f32, _>(OP, |kd, _| v.with_strided::<f32, _>(OP, |vd, _| ca::causal_attention_forward(&s, rope_of(&tables), qd, qs, kd, ks, vd, vs, &mut o, os, &mut lse))))???
-            .map_err(|e| Error::Msg(format!("{OP}: {e}")))?;
+        q.with_strided::<f32, _>(OP, |qd, _| {
+            k.with_strided::<f32, _>(OP, |kd, _| {
+                v.with_strided::<f32, _>(OP, |vd, _| ca::causal_attention_forward(&s, rope_of(&tables), qd, qs, kd, ks, vd, vs, &mut o, os, &mut lse))
+            })
+        })???
+        .map_err(|e| Error::Msg(format!("{OP}: {e}")))?;
         let out = Tensor::op_result(o, &[s.b, s.l, s.h, s.d], OP, &[&q, &k, &v], |out| {
             let out = out.clone();
             Box::new(move |g: &Tensor, inp: &[Tensor]| {
@@ -161,19 +169,50 @@ impl Tensor {
                 let gs = HeadStrides::token_major(s.h, s.l, s.d);
                 // Gradients token-major too: splitting heads (a transpose) then costs no copy.
                 let (dqs, dkvs) = (HeadStrides::token_major(s.h, s.l, s.d), HeadStrides::token_major(s.kvh, s.l, s.d));
-                let (qs, ks, vs) = (head_strides(&inp[0]).expect("fused input"), head_strides(&inp[1]).expect("fused input"), head_strides(&inp[2]).expect("fused input"));
+                let (qs, ks, vs) =
+                    (head_strides(&inp[0]).expect("fused input"), head_strides(&inp[1]).expect("fused input"), head_strides(&inp[2]).expect("fused input"));
                 let (nq, nkv) = (s.b * s.h * s.l * s.d, s.b * s.kvh * s.l * s.d);
                 // The kernel overwrites all of dq, dk and dv, so recycled buffers are safe.
                 let (mut dq, mut dk, mut dv) = (crate::pool::take::<f32>(nq), crate::pool::take::<f32>(nkv), crate::pool::take::<f32>(nkv));
-                inp[0].with_strided::<f32, _>(OP, |qd, _| {
-                    inp[1].with_strided::<f32, _>(OP, |kd, _| {
-                        inp[2].with_strided::<f32, _>(OP, |vd, _| {
-                            out.with_contiguous::<f32, _>(OP, |od| g.with_contiguous::<f32, _>(OP, |gd| ca::causal_attention_backward(&s, rope_of(&tables), qd, qs, kd, ks, vd, vs, od, os, &lse, gd, gs, &mut dq, dqs, &mut dk, &mut dv, dkvs)))
+                inp[0]
+                    .with_strided::<f32, _>(OP, |qd, _| {
+                        inp[1].with_strided::<f32, _>(OP, |kd, _| {
+                            inp[2].with_strided::<f32, _>(OP, |vd, _| {
+                                out.with_contiguous::<f32, _>(OP, |od| {
+                                    g.with_contiguous::<f32, _>(OP, |gd| {
+                                        ca::causal_attention_backward(
+                                            &s,
+                                            rope_of(&tables),
+                                            qd,
+                                            qs,
+                                            kd,
+                                            ks,
+                                            vd,
+                                            vs,
+                                            od,
+                                            os,
+                                            &lse,
+                                            gd,
+                                            gs,
+                                            &mut dq,
+                                            dqs,
+                                            &mut dk,
+                                            &mut dv,
+                                            dkvs,
+                                        )
+                                    })
+                                })
+                            })
                         })
-                    })
-                })?????
-                .map_err(|e| Error::Msg(format!("{OP} backward: {e}")))?;
-                let wrap = |i: usize, data: Vec<f32>, heads: usize| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(Tensor::from_vec(data, &[s.b, s.l, heads, s.d])?.transpose(1, 2)?)) } else { Ok(None) } };
+                    })?????
+                    .map_err(|e| Error::Msg(format!("{OP} backward: {e}")))?;
+                let wrap = |i: usize, data: Vec<f32>, heads: usize| -> Result<Option<Tensor>> {
+                    if needs(inp, i) {
+                        Ok(Some(Tensor::from_vec(data, &[s.b, s.l, heads, s.d])?.transpose(1, 2)?))
+                    } else {
+                        Ok(None)
+                    }
+                };
                 Ok(vec![wrap(0, dq, s.h)?, wrap(1, dk, s.kvh)?, wrap(2, dv, s.kvh)?])
             })
         });

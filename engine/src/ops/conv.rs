@@ -78,8 +78,10 @@ impl Tensor {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {
                     let g = g.contiguous()?;
                     let (x, w) = (&inp[0], &inp[1]);
-                    let dx = if needs(inp, 0) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_input(&g, w, &geo, algo)?, x.shape())?) } else { None };
-                    let dw = if needs(inp, 1) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_weight(x, &g, &geo, algo)?, w.shape())?) } else { None };
+                    let dx =
+                        if needs(inp, 0) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_input(&g, w, &geo, algo)?, x.shape())?) } else { None };
+                    let dw =
+                        if needs(inp, 1) { Some(super::cuda_tensor(crate::cuda::ops::conv2d_backward_weight(x, &g, &geo, algo)?, w.shape())?) } else { None };
                     let mut grads = vec![dx, dw];
                     if has_bias {
                         grads.push(if needs(inp, 2) { Some(g.sum(&[0, 2, 3], false)?) } else { None });
@@ -146,7 +148,9 @@ impl Tensor {
         if self.device().is_cuda() {
             let st = crate::cuda::ops::avg_pool2d(self, planes, s[2], s[3], kernel, stride, ho, wo, false)?;
             return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), &[s[0], s[1], ho, wo], NAME, &[self], |_| {
-                Box::new(move |g: &Tensor, _| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::avg_pool2d(g, planes, s[2], s[3], kernel, stride, ho, wo, true)?, &s)?)]))
+                Box::new(move |g: &Tensor, _| {
+                    Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::avg_pool2d(g, planes, s[2], s[3], kernel, stride, ho, wo, true)?, &s)?)])
+                })
             }));
         }
         with_float_type!(NAME, self.dtype(), T => {

@@ -63,7 +63,9 @@ impl Tensor {
         let mut o = crate::pool::take::<f32>(q.numel());
         let mut lse = vec![0f32; b * t * h];
         q.with_contiguous::<f32, _>(OP, |qs| {
-            k.with_contiguous::<f32, _>(OP, |ks| v.with_contiguous::<f32, _>(OP, |vs| xattn::masked_xattn_forward(&s, mode, qs, ks, vs, &media_v, &mut o, &mut lse)))
+            k.with_contiguous::<f32, _>(OP, |ks| {
+                v.with_contiguous::<f32, _>(OP, |vs| xattn::masked_xattn_forward(&s, mode, qs, ks, vs, &media_v, &mut o, &mut lse))
+            })
         })???
         .map_err(|e| Error::Msg(format!("{OP}: {e}")))?;
         Ok(Tensor::op_result(o, q.shape(), OP, &[q, k, v], |out| {
@@ -72,18 +74,28 @@ impl Tensor {
                 let g = g.to_dtype(DType::F32)?;
                 // The kernel writes every element of dq, dk and dv (zeros where nothing attends),
                 // so recycled buffers are safe and spare the page faults of fresh ones.
-                let (mut dq, mut dk, mut dv) = (crate::pool::take::<f32>(inp[0].numel()), crate::pool::take::<f32>(inp[1].numel()), crate::pool::take::<f32>(inp[2].numel()));
-                inp[0].with_contiguous::<f32, _>(OP, |qs| {
-                    inp[1].with_contiguous::<f32, _>(OP, |ks| {
-                        inp[2].with_contiguous::<f32, _>(OP, |vs| {
-                            out.with_contiguous::<f32, _>(OP, |os| {
-                                g.with_contiguous::<f32, _>(OP, |gs| xattn::masked_xattn_backward(&s, mode, qs, ks, vs, &media_v, os, &lse, gs, &mut dq, &mut dk, &mut dv))
+                let (mut dq, mut dk, mut dv) =
+                    (crate::pool::take::<f32>(inp[0].numel()), crate::pool::take::<f32>(inp[1].numel()), crate::pool::take::<f32>(inp[2].numel()));
+                inp[0]
+                    .with_contiguous::<f32, _>(OP, |qs| {
+                        inp[1].with_contiguous::<f32, _>(OP, |ks| {
+                            inp[2].with_contiguous::<f32, _>(OP, |vs| {
+                                out.with_contiguous::<f32, _>(OP, |os| {
+                                    g.with_contiguous::<f32, _>(OP, |gs| {
+                                        xattn::masked_xattn_backward(&s, mode, qs, ks, vs, &media_v, os, &lse, gs, &mut dq, &mut dk, &mut dv)
+                                    })
+                                })
                             })
                         })
-                    })
-                })?????
-                .map_err(|e| Error::Msg(format!("{OP} backward: {e}")))?;
-                let wrap = |i: usize, data: Vec<f32>| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(Tensor::from_vec(data, inp[i].shape())?)) } else { Ok(None) } };
+                    })?????
+                    .map_err(|e| Error::Msg(format!("{OP} backward: {e}")))?;
+                let wrap = |i: usize, data: Vec<f32>| -> Result<Option<Tensor>> {
+                    if needs(inp, i) {
+                        Ok(Some(Tensor::from_vec(data, inp[i].shape())?))
+                    } else {
+                        Ok(None)
+                    }
+                };
                 Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
             })
         }))
@@ -94,7 +106,12 @@ impl Tensor {
     pub fn gated_residual(x: &Tensor, f: &Tensor, alpha: &Tensor) -> Result<Tensor> {
         const OP: &str = "gated_residual";
         if x.shape() != f.shape() || alpha.numel() != 1 {
-            return Err(Error::shape_mismatch(OP, x.shape(), f.shape(), format!("x and f must match and the gate must have one element (gate {:?})", alpha.shape())));
+            return Err(Error::shape_mismatch(
+                OP,
+                x.shape(),
+                f.shape(),
+                format!("x and f must match and the gate must have one element (gate {:?})", alpha.shape()),
+            ));
         }
         if let Some(res) = via_f32(&[x, f, alpha], |ts| Tensor::gated_residual(&ts[0], &ts[1], &ts[2]))? {
             return Ok(res);
@@ -123,7 +140,9 @@ impl Tensor {
                 let (want_f, want_a) = (needs(inp, 1), needs(inp, 2));
                 let mut df = if want_f { Some(crate::pool::take::<f32>(g.numel())) } else { None };
                 let dot = if want_f || want_a {
-                    g.with_contiguous::<f32, _>(OP, |gs| inp[1].with_contiguous::<f32, _>(OP, |fs| gated::gated_residual_backward(gs, fs, gate, df.as_deref_mut())))??
+                    g.with_contiguous::<f32, _>(OP, |gs| {
+                        inp[1].with_contiguous::<f32, _>(OP, |fs| gated::gated_residual_backward(gs, fs, gate, df.as_deref_mut()))
+                    })??
                 } else {
                     0.0
                 };
@@ -218,7 +237,13 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
             let out = out.clone();
             Box::new(move |g: &Tensor, inp: &[Tensor]| {
                 let (dq, dk, dv) = crate::cuda::ops::masked_xattn_tiled_backward(s, &plan, &inp[0], &inp[1], &inp[2], &out, &lse, g)?;
-                let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(super::cuda_tensor(st, inp[i].shape())?)) } else { Ok(None) } };
+                let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> {
+                    if needs(inp, i) {
+                        Ok(Some(super::cuda_tensor(st, inp[i].shape())?))
+                    } else {
+                        Ok(None)
+                    }
+                };
                 Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
             })
         }));
@@ -229,7 +254,13 @@ fn masked_cross_attention_cuda(q: &Tensor, k: &Tensor, v: &Tensor, media: &[i64]
         let out = out.clone();
         Box::new(move |g: &Tensor, inp: &[Tensor]| {
             let (dq, dk, dv) = crate::cuda::ops::masked_xattn_backward(s, &inp[0], &inp[1], &inp[2], &dev_media, &out, &lse, &g.to_dtype(DType::F32)?)?;
-            let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> { if needs(inp, i) { Ok(Some(super::cuda_tensor(st, inp[i].shape())?)) } else { Ok(None) } };
+            let wrap = |i: usize, st: crate::cuda::CudaStorage| -> Result<Option<Tensor>> {
+                if needs(inp, i) {
+                    Ok(Some(super::cuda_tensor(st, inp[i].shape())?))
+                } else {
+                    Ok(None)
+                }
+            };
             Ok(vec![wrap(0, dq)?, wrap(1, dk)?, wrap(2, dv)?])
         })
     }))

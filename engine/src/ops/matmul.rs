@@ -8,12 +8,8 @@ use flamingo_kernels::cpu::gemm::{batched_matmul, MatRef};
 /// Offsets of each batch entry for a tensor whose batch dims broadcast to `batch`.
 fn batch_offsets(t: &Tensor, batch: &[usize]) -> Result<Vec<usize>> {
     let r = t.rank();
-    let bl = crate::layout::Layout {
-        shape: t.shape()[..r - 2].to_vec(),
-        strides: t.strides()[..r - 2].to_vec(),
-        offset: t.layout().offset,
-    }
-    .broadcast_to(batch, "matmul")?;
+    let bl = crate::layout::Layout { shape: t.shape()[..r - 2].to_vec(), strides: t.strides()[..r - 2].to_vec(), offset: t.layout().offset }
+        .broadcast_to(batch, "matmul")?;
     let total: usize = batch.iter().product();
     // Walk the batch index as rows of a [batch..., 1] view (shape and strides built once).
     let shape: Vec<usize> = batch.iter().copied().chain([1]).collect();

@@ -8,9 +8,7 @@ use flamingo_kernels::cpu::softmax as k;
 fn backward_raw<T: FloatElement>(y: &Tensor, g: &Tensor, log: bool) -> Result<Tensor> {
     let n = *y.shape().last().unwrap_or(&1);
     let mut dx = crate::pool::take::<T>(y.numel());
-    y.with_contiguous::<T, _>("softmax_backward", |ys| {
-        g.with_contiguous::<T, _>("softmax_backward", |gs| k::softmax_rows_backward(ys, gs, n, log, &mut dx))
-    })??;
+    y.with_contiguous::<T, _>("softmax_backward", |ys| g.with_contiguous::<T, _>("softmax_backward", |gs| k::softmax_rows_backward(ys, gs, n, log, &mut dx)))??;
     Tensor::from_vec(dx, y.shape())
 }
 

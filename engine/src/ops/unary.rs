@@ -6,9 +6,7 @@ use flamingo_kernels::cpu::elementwise::{self, UnaryOp};
 fn unary_backward_raw<T: FloatElement>(op: UnaryOp, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Tensor> {
     let mut dx = crate::pool::take::<T>(x.numel());
     x.with_contiguous::<T, _>("unary_backward", |xs| {
-        y.with_contiguous::<T, _>("unary_backward", |ys| {
-            g.with_contiguous::<T, _>("unary_backward", |gs| elementwise::unary_backward(op, xs, ys, gs, &mut dx))
-        })
+        y.with_contiguous::<T, _>("unary_backward", |ys| g.with_contiguous::<T, _>("unary_backward", |gs| elementwise::unary_backward(op, xs, ys, gs, &mut dx)))
     })???;
     Tensor::from_vec(dx, x.shape())
 }
@@ -22,7 +20,9 @@ impl Tensor {
             let st = crate::cuda::ops::unary(op, self)?;
             return Ok(Tensor::op_result_storage(crate::storage::Storage::Cuda(st), self.shape(), name, &[self], |y| {
                 let y = y.clone();
-                Box::new(move |g: &Tensor, inp: &[Tensor]| Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::unary_backward(op, &inp[0], &y, g)?, inp[0].shape())?)]))
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    Ok(vec![Some(super::cuda_tensor(crate::cuda::ops::unary_backward(op, &inp[0], &y, g)?, inp[0].shape())?)])
+                })
             }));
         }
         if let Some(r) = via_f32(&[self], |t| t[0].unary(op))? {

@@ -17,9 +17,7 @@ impl Tensor {
         let mut layout = Layout::contiguous(shape);
         layout.offset = src.layout().offset;
         let in_shape = self.shape().to_vec();
-        Ok(Tensor::view_result(&src, layout, "reshape", || {
-            Box::new(move |g, _| Ok(vec![Some(g.reshape(&in_shape)?)]))
-        }))
+        Ok(Tensor::view_result(&src, layout, "reshape", || Box::new(move |g, _| Ok(vec![Some(g.reshape(&in_shape)?)]))))
     }
 
     /// Collapses all dimensions into one.
@@ -50,9 +48,7 @@ impl Tensor {
         for (i, &a) in axes.iter().enumerate() {
             inverse[a] = i;
         }
-        Ok(Tensor::view_result(self, self.layout().permute(axes), "permute", || {
-            Box::new(move |g, _| Ok(vec![Some(g.permute(&inverse)?)]))
-        }))
+        Ok(Tensor::view_result(self, self.layout().permute(axes), "permute", || Box::new(move |g, _| Ok(vec![Some(g.permute(&inverse)?)]))))
     }
 
     /// Swaps two axes (a view).
@@ -114,9 +110,7 @@ impl Tensor {
         }
         let layout = self.layout().broadcast_to(shape, "broadcast_as")?;
         let in_shape = self.shape().to_vec();
-        Ok(Tensor::view_result(self, layout, "broadcast_as", || {
-            Box::new(move |g, _| Ok(vec![Some(g.sum_to(&in_shape)?)]))
-        }))
+        Ok(Tensor::view_result(self, layout, "broadcast_as", || Box::new(move |g, _| Ok(vec![Some(g.sum_to(&in_shape)?)]))))
     }
 
     /// A contiguous copy (or `self` when already contiguous).
@@ -152,8 +146,6 @@ impl Tensor {
         if !(src_dtype.is_float() && dtype.is_float()) {
             return Tensor::from_storage(storage, self.shape());
         }
-        Ok(Tensor::op_result_storage(storage, self.shape(), op, &[self], |_| {
-            Box::new(move |g: &Tensor, _| Ok(vec![Some(g.to_dtype(src_dtype)?)]))
-        }))
+        Ok(Tensor::op_result_storage(storage, self.shape(), op, &[self], |_| Box::new(move |g: &Tensor, _| Ok(vec![Some(g.to_dtype(src_dtype)?)]))))
     }
 }

@@ -67,7 +67,11 @@ impl AdamW {
                 let target = master.as_ref().unwrap_or(p);
                 let entry = match self.state.entry(name.clone()) {
                     std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::btree_map::Entry::Vacant(e) => e.insert((0, Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?, Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?)),
+                    std::collections::btree_map::Entry::Vacant(e) => e.insert((
+                        0,
+                        Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?,
+                        Tensor::try_full(target.shape(), 0.0, target.dtype(), target.device())?,
+                    )),
                 };
                 entry.0 += 1;
                 let h = AdamWStep { lr, beta1: self.cfg.beta1, beta2: self.cfg.beta2, eps: self.cfg.eps, weight_decay: group.weight_decay, step: entry.0 };

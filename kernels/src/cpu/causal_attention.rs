@@ -100,7 +100,15 @@ impl Rope<'_> {
         }
         let need = if s.b == 0 { 0 } else { (s.b - 1) * self.row_stride + s.l * s.d };
         if self.cos.len() < need || self.sin.len() < need {
-            return Err(format!("rotary tables: {} / {} elements, need {need} for [B={}, L={}, D={}] with row stride {}", self.cos.len(), self.sin.len(), s.b, s.l, s.d, self.row_stride));
+            return Err(format!(
+                "rotary tables: {} / {} elements, need {need} for [B={}, L={}, D={}] with row stride {}",
+                self.cos.len(),
+                self.sin.len(),
+                s.b,
+                s.l,
+                s.d,
+                self.row_stride
+            ));
         }
         Ok(())
     }
@@ -182,7 +190,15 @@ unsafe fn gather(src: &[f32], st: &HeadStrides, b: usize, h: usize, l: usize, d:
 }
 
 /// The checks both passes share: shapes, the q/k/v/o views, the rotary tables and `lse`.
-fn check_common(s: &CausalShape, rope: &Option<Rope>, q: (&[f32], HeadStrides), k: (&[f32], HeadStrides), v: (&[f32], HeadStrides), o: (&[f32], HeadStrides), lse_len: usize) -> Result<(), String> {
+fn check_common(
+    s: &CausalShape,
+    rope: &Option<Rope>,
+    q: (&[f32], HeadStrides),
+    k: (&[f32], HeadStrides),
+    v: (&[f32], HeadStrides),
+    o: (&[f32], HeadStrides),
+    lse_len: usize,
+) -> Result<(), String> {
     check_shape(s)?;
     check(s, "q", q.0.len(), &q.1, s.h)?;
     check(s, "k", k.0.len(), &k.1, s.kvh)?;
@@ -215,7 +231,16 @@ unsafe fn load_rotated(src: &[f32], st: &HeadStrides, rope: &Option<Rope>, b: us
 /// # Safety
 /// As [`gather`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn load_keys_values(sc: &mut Scratch, rope: &Option<Rope>, k: (&[f32], &HeadStrides), v: (&[f32], &HeadStrides), b: usize, g: usize, l: usize, d: usize) {
+unsafe fn load_keys_values(
+    sc: &mut Scratch,
+    rope: &Option<Rope>,
+    k: (&[f32], &HeadStrides),
+    v: (&[f32], &HeadStrides),
+    b: usize,
+    g: usize,
+    l: usize,
+    d: usize,
+) {
     load_rotated(k.0, k.1, rope, b, g, l, d, &mut sc.k);
     transpose(&sc.k, l, d, &mut sc.kt);
     gather(v.0, v.1, b, g, l, d, &mut sc.v);

@@ -382,7 +382,18 @@ fn conv2d_with<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, geo: &ConvGeom, o
                     // SAFETY: `implicit` implies AVX2+FMA (use_ours); dst is this group's og×l
                     // output block; the weights are read-only and in bounds.
                     unsafe {
-                        super::sgemm::sgemm_packed_rhs(og, l, k, dst.as_mut_ptr(), l as isize, false, wf, MatRef { offset: g * og * k, rs: k as isize, cs: 1 }, &src, nested_parallel)
+                        super::sgemm::sgemm_packed_rhs(
+                            og,
+                            l,
+                            k,
+                            dst.as_mut_ptr(),
+                            l as isize,
+                            false,
+                            wf,
+                            MatRef { offset: g * og * k, rs: k as isize, cs: 1 },
+                            &src,
+                            nested_parallel,
+                        )
                     };
                     continue;
                 }
@@ -429,7 +440,18 @@ pub fn conv2d_backward_input<T: Float>(dy: &[T], w: &[T], geo: &ConvGeom, dx: &m
                 }
             }
         }
-        let geo_t = ConvGeom { n: geo.n, c: geo.o, h: geo.ho(), w: geo.wo(), o: geo.c, kh, kw, stride: (1, 1), pad: (kh - 1 - p.0, kh - 1 - p.1, kw - 1 - p.2, kw - 1 - p.3), groups: geo.groups };
+        let geo_t = ConvGeom {
+            n: geo.n,
+            c: geo.o,
+            h: geo.ho(),
+            w: geo.wo(),
+            o: geo.c,
+            kh,
+            kw,
+            stride: (1, 1),
+            pad: (kh - 1 - p.0, kh - 1 - p.1, kw - 1 - p.2, kw - 1 - p.3),
+            groups: geo.groups,
+        };
         debug_assert_eq!((geo_t.ho(), geo_t.wo()), (geo.h, geo.w));
         conv2d(dy, &wt, None, &geo_t, dx);
         return;
@@ -525,7 +547,8 @@ mod tests {
                             let iy = (oy * geo.stride.0 + ky) as isize - geo.pad.0 as isize;
                             let ix = (ox * geo.stride.1 + kx) as isize - geo.pad.2 as isize;
                             if iy >= 0 && (iy as usize) < geo.h && ix >= 0 && (ix as usize) < geo.w {
-                                cols[((ic * geo.kh + ky) * geo.kw + kx) * ho * wo + oy * wo + ox] = x[((g * cg + ic) * geo.h + iy as usize) * geo.w + ix as usize];
+                                cols[((ic * geo.kh + ky) * geo.kw + kx) * ho * wo + oy * wo + ox] =
+                                    x[((g * cg + ic) * geo.h + iy as usize) * geo.w + ix as usize];
                             }
                         }
                     }

@@ -148,11 +148,14 @@ macro_rules! per_op {
 fn map1<T: Float>(x: &[T], out: &mut [T], cost: usize, f: impl Fn(T) -> T + Sync + Send + Copy) {
     for_each_chunk_mut(out, CHUNK, cost, |ci, chunk| {
         let src = &x[ci * CHUNK..ci * CHUNK + chunk.len()];
-        vectorized(#[inline(always)] || {
-            for (d, &s) in chunk.iter_mut().zip(src) {
-                *d = f(s);
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for (d, &s) in chunk.iter_mut().zip(src) {
+                    *d = f(s);
+                }
+            },
+        )
     })
 }
 
@@ -160,11 +163,14 @@ fn map3<T: Float>(x: &[T], y: &[T], g: &[T], out: &mut [T], cost: usize, f: impl
     for_each_chunk_mut(out, CHUNK, cost, |ci, chunk| {
         let r = ci * CHUNK..ci * CHUNK + chunk.len();
         let (xs, ys, gs) = (&x[r.clone()], &y[r.clone()], &g[r]);
-        vectorized(#[inline(always)] || {
-            for i in 0..chunk.len() {
-                chunk[i] = f(xs[i], ys[i], gs[i]);
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..chunk.len() {
+                    chunk[i] = f(xs[i], ys[i], gs[i]);
+                }
+            },
+        )
     })
 }
 
@@ -266,31 +272,34 @@ pub fn binary<T: Float>(op: BinaryOp, lhs: Strided<'_, T>, rhs: Strided<'_, T>, 
                     let row = ci * rows_per + r;
                     let lo = row_offset(&cs, &st[0], lhs.offset, row);
                     let ro = row_offset(&cs, &st[1], rhs.offset, row);
-                    vectorized(#[inline(always)] || match (ls, rs) {
-                        (1, 1) => {
-                            let (a, b) = (&lhs.data[lo..lo + n], &rhs.data[ro..ro + n]);
-                            for i in 0..n {
-                                orow[i] = f(a[i], b[i]);
+                    vectorized(
+                        #[inline(always)]
+                        || match (ls, rs) {
+                            (1, 1) => {
+                                let (a, b) = (&lhs.data[lo..lo + n], &rhs.data[ro..ro + n]);
+                                for i in 0..n {
+                                    orow[i] = f(a[i], b[i]);
+                                }
                             }
-                        }
-                        (1, 0) => {
-                            let (a, b) = (&lhs.data[lo..lo + n], rhs.data[ro]);
-                            for i in 0..n {
-                                orow[i] = f(a[i], b);
+                            (1, 0) => {
+                                let (a, b) = (&lhs.data[lo..lo + n], rhs.data[ro]);
+                                for i in 0..n {
+                                    orow[i] = f(a[i], b);
+                                }
                             }
-                        }
-                        (0, 1) => {
-                            let (a, b) = (lhs.data[lo], &rhs.data[ro..ro + n]);
-                            for i in 0..n {
-                                orow[i] = f(a, b[i]);
+                            (0, 1) => {
+                                let (a, b) = (lhs.data[lo], &rhs.data[ro..ro + n]);
+                                for i in 0..n {
+                                    orow[i] = f(a, b[i]);
+                                }
                             }
-                        }
-                        _ => {
-                            for i in 0..n {
-                                orow[i] = f(lhs.data[lo + i * ls], rhs.data[ro + i * rs]);
+                            _ => {
+                                for i in 0..n {
+                                    orow[i] = f(lhs.data[lo + i * ls], rhs.data[ro + i * rs]);
+                                }
                             }
-                        }
-                    })
+                        },
+                    )
                 }
             })
         }};
@@ -353,13 +362,7 @@ mod tests {
         let a: Vec<f32> = (0..6).map(|v| v as f32).collect(); // [2,3]
         let b = vec![10.0f32, 20.0, 30.0]; // [3] broadcast over rows
         let mut out = vec![0.0; 6];
-        binary(
-            BinaryOp::Add,
-            Strided { data: &a, offset: 0, strides: &[3, 1] },
-            Strided { data: &b, offset: 0, strides: &[0, 1] },
-            &[2, 3],
-            &mut out,
-        );
+        binary(BinaryOp::Add, Strided { data: &a, offset: 0, strides: &[3, 1] }, Strided { data: &b, offset: 0, strides: &[0, 1] }, &[2, 3], &mut out);
         assert_eq!(out, vec![10.0, 21.0, 32.0, 13.0, 24.0, 35.0]);
     }
 

@@ -5,16 +5,7 @@
 
 /// A floating-point element the CPU kernels compute in.
 pub trait Float:
-    num_traits::Float
-    + Send
-    + Sync
-    + Default
-    + std::fmt::Debug
-    + std::iter::Sum
-    + std::ops::AddAssign
-    + std::ops::SubAssign
-    + std::ops::MulAssign
-    + 'static
+    num_traits::Float + Send + Sync + Default + std::fmt::Debug + std::iter::Sum + std::ops::AddAssign + std::ops::SubAssign + std::ops::MulAssign + 'static
 {
     fn from_f64(v: f64) -> Self;
     fn as_f64(self) -> f64;
@@ -110,11 +101,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let t = xc * LOG2E + SHIFTER;
     let n = t - SHIFTER;
     let r = xc - n * LN2_HI - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let v = f32::from_bits((p.to_bits() as i32).wrapping_add(ni << 23) as u32);
     let v = if x < -87.0 { 0.0 } else { v };

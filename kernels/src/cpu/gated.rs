@@ -14,11 +14,14 @@ const CHUNK: usize = 1 << 14;
 pub fn gated_residual<T: Float>(x: &[T], f: &[T], gate: T, y: &mut [T]) {
     assert!(x.len() == y.len() && f.len() == y.len(), "gated_residual: lengths differ");
     let body = |(yc, (xc, fc)): (&mut [T], (&[T], &[T]))| {
-        vectorized(#[inline(always)] || {
-            for i in 0..yc.len() {
-                yc[i] = xc[i] + gate * fc[i];
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..yc.len() {
+                    yc[i] = xc[i] + gate * fc[i];
+                }
+            },
+        )
     };
     if worth_parallel(y.len() * 2) {
         y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK).zip(f.par_chunks(CHUNK))).for_each(body);
@@ -32,25 +35,28 @@ pub fn gated_residual<T: Float>(x: &[T], f: &[T], gate: T, y: &mut [T]) {
 pub fn gated_residual_backward<T: Float>(g: &[T], f: &[T], gate: T, df: Option<&mut [T]>) -> T {
     assert_eq!(g.len(), f.len(), "gated_residual_backward: lengths differ");
     let partial = |gc: &[T], fc: &[T], dc: Option<&mut [T]>| -> T {
-        vectorized(#[inline(always)] || {
-            let mut acc = [T::zero(); 8];
-            let n8 = gc.len() / 8 * 8;
-            if let Some(dc) = dc {
-                for i in 0..gc.len() {
-                    dc[i] = gate * gc[i];
+        vectorized(
+            #[inline(always)]
+            || {
+                let mut acc = [T::zero(); 8];
+                let n8 = gc.len() / 8 * 8;
+                if let Some(dc) = dc {
+                    for i in 0..gc.len() {
+                        dc[i] = gate * gc[i];
+                    }
                 }
-            }
-            for i in (0..n8).step_by(8) {
-                for l in 0..8 {
-                    acc[l] += gc[i + l] * fc[i + l];
+                for i in (0..n8).step_by(8) {
+                    for l in 0..8 {
+                        acc[l] += gc[i + l] * fc[i + l];
+                    }
                 }
-            }
-            let mut tail = T::zero();
-            for i in n8..gc.len() {
-                tail += gc[i] * fc[i];
-            }
-            sum_slice(&acc) + tail
-        })
+                let mut tail = T::zero();
+                for i in n8..gc.len() {
+                    tail += gc[i] * fc[i];
+                }
+                sum_slice(&acc) + tail
+            },
+        )
     };
     let parts: Vec<T> = match df {
         Some(df) => {

@@ -99,9 +99,7 @@ pub unsafe fn gemm_raw<T: Float>(
         if let (Some(lf), Some(rf)) = (super::float::as_f32(lhs), super::float::as_f32(rhs)) {
             // SAFETY: `use_ours` is false without AVX2+FMA; T is f32, so `dst` points to f32s; the caller
             // upholds the layout and aliasing contract, which is `sgemm`'s.
-            unsafe {
-                super::sgemm::sgemm(m, n, k, dst as *mut f32, dst_rs, accumulate, lf, l, rf, r, !matches!(par, Parallelism::None))
-            };
+            unsafe { super::sgemm::sgemm(m, n, k, dst as *mut f32, dst_rs, accumulate, lf, l, rf, r, !matches!(par, Parallelism::None)) };
             return;
         }
     }
@@ -194,7 +192,15 @@ pub mod stats {
     }
 
     fn layout(l: MatRef, r: MatRef, dst_rs: isize) -> &'static str {
-        let t = |m: MatRef| if m.cs == 1 { 'N' } else if m.rs == 1 { 'T' } else { 'S' };
+        let t = |m: MatRef| {
+            if m.cs == 1 {
+                'N'
+            } else if m.rs == 1 {
+                'T'
+            } else {
+                'S'
+            }
+        };
         match (t(l), t(r), dst_rs) {
             ('N', 'N', _) => "NN",
             ('N', 'T', _) => "NT",
@@ -250,7 +256,14 @@ pub mod stats {
             total,
             rows.iter().map(|r| r.1 .0).sum::<u64>(),
             flops / total.max(1e-12) / 1e9,
-            "m", "n", "k", "layout", "par", "calls", "total_ms", "GFLOP/s"
+            "m",
+            "n",
+            "k",
+            "layout",
+            "par",
+            "calls",
+            "total_ms",
+            "GFLOP/s"
         );
         for ((m, n, k, lay, par), (c, dt)) in rows {
             let gf = 2.0 * (*m * *n * *k) as f64 * *c as f64 / dt.max(1e-12) / 1e9;
@@ -271,18 +284,7 @@ mod tests {
         let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
         let bt: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.11).cos()).collect(); // stored [n, k]
         let mut out = vec![0.0; m * n];
-        batched_matmul(
-            &a,
-            &[0],
-            MatRef { offset: 0, rs: k as isize, cs: 1 },
-            &bt,
-            &[0],
-            MatRef { offset: 0, rs: 1, cs: k as isize },
-            m,
-            n,
-            k,
-            &mut out,
-        );
+        batched_matmul(&a, &[0], MatRef { offset: 0, rs: k as isize, cs: 1 }, &bt, &[0], MatRef { offset: 0, rs: 1, cs: k as isize }, m, n, k, &mut out);
         let b: Vec<f64> = (0..k * n).map(|idx| bt[(idx % n) * k + idx / n]).collect();
         let want = reference::matmul(&a, &b, m, k, n);
         for (x, y) in out.iter().zip(&want) {

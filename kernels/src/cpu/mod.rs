@@ -5,6 +5,7 @@ pub mod causal_attention;
 pub mod conv;
 pub mod elementwise;
 pub mod float;
+pub mod gated;
 pub mod gemm;
 pub mod index;
 pub mod loss;
@@ -19,7 +20,6 @@ pub mod simd;
 pub mod softmax;
 pub mod standardize;
 pub mod strided;
-pub mod gated;
 pub mod xattn;
 
 pub use float::Float;

@@ -57,16 +57,7 @@ fn row_stats<T: Float>(xr: &[T], eps: f64) -> (T, T) {
 /// (needed by the backward). `gamma`/`beta` of length `n` are optional. Each row's statistics
 /// and output are computed while the row is in cache (one pass over memory).
 #[allow(clippy::too_many_arguments)]
-pub fn layer_norm_rows<T: Float>(
-    x: &[T],
-    n: usize,
-    gamma: Option<&[T]>,
-    beta: Option<&[T]>,
-    eps: f64,
-    out: &mut [T],
-    mean: &mut [T],
-    rstd: &mut [T],
-) {
+pub fn layer_norm_rows<T: Float>(x: &[T], n: usize, gamma: Option<&[T]>, beta: Option<&[T]>, eps: f64, out: &mut [T], mean: &mut [T], rstd: &mut [T]) {
     let rows = x.len() / n.max(1);
     assert!(out.len() == x.len() && mean.len() == rows && rstd.len() == rows);
     if rows == 0 {
@@ -74,45 +65,45 @@ pub fn layer_norm_rows<T: Float>(
     }
     let rows_per = rows_per_chunk(n, 1 << 13);
     let work = |ci: usize, (oc, (mc, rc)): (&mut [T], (&mut [T], &mut [T]))| {
-        vectorized(#[inline(always)] || {
-            for (r, orow) in oc.chunks_mut(n).enumerate() {
-                let row = ci * rows_per + r;
-                let xr = &x[row * n..(row + 1) * n];
-                let (mu, rs) = row_stats(xr, eps);
-                mc[r] = mu;
-                rc[r] = rs;
-                match (gamma, beta) {
-                    (Some(g), Some(b)) => {
-                        for i in 0..n {
-                            orow[i] = (xr[i] - mu) * rs * g[i] + b[i];
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, orow) in oc.chunks_mut(n).enumerate() {
+                    let row = ci * rows_per + r;
+                    let xr = &x[row * n..(row + 1) * n];
+                    let (mu, rs) = row_stats(xr, eps);
+                    mc[r] = mu;
+                    rc[r] = rs;
+                    match (gamma, beta) {
+                        (Some(g), Some(b)) => {
+                            for i in 0..n {
+                                orow[i] = (xr[i] - mu) * rs * g[i] + b[i];
+                            }
                         }
-                    }
-                    (Some(g), None) => {
-                        for i in 0..n {
-                            orow[i] = (xr[i] - mu) * rs * g[i];
+                        (Some(g), None) => {
+                            for i in 0..n {
+                                orow[i] = (xr[i] - mu) * rs * g[i];
+                            }
                         }
-                    }
-                    (None, Some(b)) => {
-                        for i in 0..n {
-                            orow[i] = (xr[i] - mu) * rs + b[i];
+                        (None, Some(b)) => {
+                            for i in 0..n {
+                                orow[i] = (xr[i] - mu) * rs + b[i];
+                            }
                         }
-                    }
-                    (None, None) => {
-                        for i in 0..n {
-                            orow[i] = (xr[i] - mu) * rs;
+                        (None, None) => {
+                            for i in 0..n {
+                                orow[i] = (xr[i] - mu) * rs;
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     };
     let chunks = out.chunks_mut(rows_per * n).zip(mean.chunks_mut(rows_per).zip(rstd.chunks_mut(rows_per)));
     if worth_parallel(x.len() * 3) {
         use rayon::prelude::*;
-        out.par_chunks_mut(rows_per * n)
-            .zip(mean.par_chunks_mut(rows_per).zip(rstd.par_chunks_mut(rows_per)))
-            .enumerate()
-            .for_each(|(ci, c)| work(ci, c));
+        out.par_chunks_mut(rows_per * n).zip(mean.par_chunks_mut(rows_per).zip(rstd.par_chunks_mut(rows_per))).enumerate().for_each(|(ci, c)| work(ci, c));
     } else {
         chunks.enumerate().for_each(|(ci, c)| work(ci, c));
     }
@@ -135,33 +126,36 @@ pub fn layer_norm_rows_backward<T: Float>(
     let rows_per = rows_per_chunk(n, 1 << 13);
     if let Some(dx) = dx {
         for_each_chunk_mut(dx, rows_per * n, x.len() * 4, |ci, chunk| {
-            vectorized(#[inline(always)] || {
-                for (r, drow) in chunk.chunks_mut(n).enumerate() {
-                    let row = ci * rows_per + r;
-                    let xr = &x[row * n..(row + 1) * n];
-                    let gr = &g[row * n..(row + 1) * n];
-                    let (mu, rs) = (mean[row], rstd[row]);
-                    // dxhat = g·gamma; dx = rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat))
-                    let mut s1 = T::zero();
-                    let mut s2 = T::zero();
-                    for i in 0..n {
-                        let dxh = match gamma {
-                            Some(gm) => gr[i] * gm[i],
-                            None => gr[i],
-                        };
-                        let xh = (xr[i] - mu) * rs;
-                        s1 += dxh;
-                        s2 += dxh * xh;
-                        drow[i] = dxh;
+            vectorized(
+                #[inline(always)]
+                || {
+                    for (r, drow) in chunk.chunks_mut(n).enumerate() {
+                        let row = ci * rows_per + r;
+                        let xr = &x[row * n..(row + 1) * n];
+                        let gr = &g[row * n..(row + 1) * n];
+                        let (mu, rs) = (mean[row], rstd[row]);
+                        // dxhat = g·gamma; dx = rstd·(dxhat − mean(dxhat) − xhat·mean(dxhat·xhat))
+                        let mut s1 = T::zero();
+                        let mut s2 = T::zero();
+                        for i in 0..n {
+                            let dxh = match gamma {
+                                Some(gm) => gr[i] * gm[i],
+                                None => gr[i],
+                            };
+                            let xh = (xr[i] - mu) * rs;
+                            s1 += dxh;
+                            s2 += dxh * xh;
+                            drow[i] = dxh;
+                        }
+                        let inv_n = T::one() / T::c(n as f64);
+                        let (m1, m2) = (s1 * inv_n, s2 * inv_n);
+                        for i in 0..n {
+                            let xh = (xr[i] - mu) * rs;
+                            drow[i] = rs * (drow[i] - m1 - xh * m2);
+                        }
                     }
-                    let inv_n = T::one() / T::c(n as f64);
-                    let (m1, m2) = (s1 * inv_n, s2 * inv_n);
-                    for i in 0..n {
-                        let xh = (xr[i] - mu) * rs;
-                        drow[i] = rs * (drow[i] - m1 - xh * m2);
-                    }
-                }
-            })
+                },
+            )
         });
     }
     if !want_param_grads {
@@ -172,17 +166,20 @@ pub fn layer_norm_rows_backward<T: Float>(
     let mut partial = vec![T::zero(); nblocks * 2 * n];
     for_each_chunk_mut(&mut partial, 2 * n, x.len() * 2, |b, p| {
         let (pg, pb) = p.split_at_mut(n);
-        vectorized(#[inline(always)] || {
-            for row in b * BLOCK..((b + 1) * BLOCK).min(rows) {
-                let xr = &x[row * n..(row + 1) * n];
-                let gr = &g[row * n..(row + 1) * n];
-                let (mu, rs) = (mean[row], rstd[row]);
-                for i in 0..n {
-                    pg[i] += gr[i] * (xr[i] - mu) * rs;
-                    pb[i] += gr[i];
+        vectorized(
+            #[inline(always)]
+            || {
+                for row in b * BLOCK..((b + 1) * BLOCK).min(rows) {
+                    let xr = &x[row * n..(row + 1) * n];
+                    let gr = &g[row * n..(row + 1) * n];
+                    let (mu, rs) = (mean[row], rstd[row]);
+                    for i in 0..n {
+                        pg[i] += gr[i] * (xr[i] - mu) * rs;
+                        pb[i] += gr[i];
+                    }
                 }
-            }
-        })
+            },
+        )
     });
     let mut dgamma = vec![T::zero(); n];
     let mut dbeta = vec![T::zero(); n];

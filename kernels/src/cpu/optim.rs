@@ -1,8 +1,8 @@
 //! In-place optimiser updates on contiguous parameter, gradient and state slices.
 use super::float::Float;
 use super::parallel::worth_parallel;
-use rayon::prelude::*;
 use super::simd::vectorized;
+use rayon::prelude::*;
 
 /// Hyper-parameters of one AdamW step (PyTorch's `torch.optim.AdamW` semantics).
 #[derive(Clone, Copy, Debug)]
@@ -30,15 +30,18 @@ pub fn adamw<T: Float>(p: &mut [T], g: &[T], m: &mut [T], v: &mut [T], h: AdamWS
     let eps = T::c(h.eps);
     const CHUNK: usize = 1 << 14;
     let update = |pc: &mut [T], mc: &mut [T], vc: &mut [T], gc: &[T]| {
-        vectorized(#[inline(always)] || {
-            for i in 0..pc.len() {
-                let gi = gc[i];
-                mc[i] = b1 * mc[i] + omb1 * gi;
-                vc[i] = b2 * vc[i] + omb2 * gi * gi;
-                let denom = vc[i].sqrt() / bc2_sqrt + eps;
-                pc[i] = pc[i] * decay - step_size * mc[i] / denom;
-            }
-        })
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..pc.len() {
+                    let gi = gc[i];
+                    mc[i] = b1 * mc[i] + omb1 * gi;
+                    vc[i] = b2 * vc[i] + omb2 * gi * gi;
+                    let denom = vc[i].sqrt() / bc2_sqrt + eps;
+                    pc[i] = pc[i] * decay - step_size * mc[i] / denom;
+                }
+            },
+        )
     };
     if worth_parallel(p.len() * 8) {
         p.par_chunks_mut(CHUNK)

@@ -12,12 +12,7 @@ pub fn worth_parallel(cost: usize) -> bool {
 
 /// Calls `f(chunk_index, chunk)` for consecutive chunks of `chunk` elements of `out`.
 /// Chunk boundaries do not depend on the thread count, so neither do results.
-pub fn for_each_chunk_mut<T: Send>(
-    out: &mut [T],
-    chunk: usize,
-    cost: usize,
-    f: impl Fn(usize, &mut [T]) + Sync + Send,
-) {
+pub fn for_each_chunk_mut<T: Send>(out: &mut [T], chunk: usize, cost: usize, f: impl Fn(usize, &mut [T]) + Sync + Send) {
     let chunk = chunk.max(1);
     if worth_parallel(cost) {
         out.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| f(i, c));

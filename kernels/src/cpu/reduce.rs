@@ -44,7 +44,10 @@ pub fn sum_squares_f64<T: Float>(x: &[T]) -> f64 {
     };
     let mut partial = vec![0f64; x.len().div_ceil(SUM_SQ_CHUNK)];
     for_each_chunk_mut(&mut partial, 1, x.len(), |i, out| {
-        out[0] = vectorized(#[inline(always)] || chunk_sum(&x[i * SUM_SQ_CHUNK..((i + 1) * SUM_SQ_CHUNK).min(x.len())]));
+        out[0] = vectorized(
+            #[inline(always)]
+            || chunk_sum(&x[i * SUM_SQ_CHUNK..((i + 1) * SUM_SQ_CHUNK).min(x.len())]),
+        );
     });
     partial.iter().sum()
 }
@@ -71,21 +74,27 @@ pub fn sum_mid<T: Float>(x: &[T], outer: usize, n: usize, inner: usize, out: &mu
         for_each_chunk_mut(out, rows_per, x.len(), |ci, chunk| {
             for (r, o) in chunk.iter_mut().enumerate() {
                 let row = ci * rows_per + r;
-                *o = vectorized(#[inline(always)] || sum_slice(&x[row * n..(row + 1) * n]));
+                *o = vectorized(
+                    #[inline(always)]
+                    || sum_slice(&x[row * n..(row + 1) * n]),
+                );
             }
         });
     } else {
         for_each_chunk_mut(out, inner, x.len(), |o, orow| {
             let base = o * n * inner;
-            vectorized(#[inline(always)] || {
-                orow.copy_from_slice(&x[base..base + inner]);
-                for j in 1..n {
-                    let src = &x[base + j * inner..base + (j + 1) * inner];
-                    for i in 0..inner {
-                        orow[i] += src[i];
+            vectorized(
+                #[inline(always)]
+                || {
+                    orow.copy_from_slice(&x[base..base + inner]);
+                    for j in 1..n {
+                        let src = &x[base + j * inner..base + (j + 1) * inner];
+                        for i in 0..inner {
+                            orow[i] += src[i];
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     }
 }

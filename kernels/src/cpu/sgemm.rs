@@ -138,7 +138,18 @@ pub unsafe fn sgemm(
 /// # Safety
 /// As [`sgemm`] for `dst` and `lhs`; `rhs` must pack in-bounds data for every requested block.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_packed_rhs(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, lhs: &[f32], l: MatRef, rhs: &dyn PackB, parallel: bool) {
+pub unsafe fn sgemm_packed_rhs(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: isize,
+    accumulate: bool,
+    lhs: &[f32],
+    l: MatRef,
+    rhs: &dyn PackB,
+    parallel: bool,
+) {
     product(m, n, k, dst, dst_rs, accumulate, lhs, l, Rhs::Packer(rhs, 0), parallel)
 }
 

@@ -21,7 +21,10 @@ pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool, out: &mut [T]) {
                         let m = super::avx2::max(xr);
                         (m, super::avx2::exp_sub_sum(xr, m, orow))
                     };
-                    vectorized(#[inline(always)] || finish_row(xr, orow, m, s, log));
+                    vectorized(
+                        #[inline(always)]
+                        || finish_row(xr, orow, m, s, log),
+                    );
                 }
             });
             return;
@@ -29,17 +32,20 @@ pub fn softmax_rows<T: Float>(x: &[T], n: usize, log: bool, out: &mut [T]) {
     }
     for_each_chunk_mut(out, rows_per * n, x.len() * 4, |ci, chunk| {
         let base = ci * rows_per * n;
-        vectorized(#[inline(always)] || {
-            for (r, orow) in chunk.chunks_mut(n).enumerate() {
-                let xr = &x[base + r * n..base + (r + 1) * n];
-                let m = max_slice(xr);
-                for i in 0..n {
-                    orow[i] = (xr[i] - m).fexp();
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, orow) in chunk.chunks_mut(n).enumerate() {
+                    let xr = &x[base + r * n..base + (r + 1) * n];
+                    let m = max_slice(xr);
+                    for i in 0..n {
+                        orow[i] = (xr[i] - m).fexp();
+                    }
+                    let s = sum_slice(orow);
+                    finish_row(xr, orow, m, s, log);
                 }
-                let s = sum_slice(orow);
-                finish_row(xr, orow, m, s, log);
-            }
-        })
+            },
+        )
     });
 }
 
@@ -66,34 +72,37 @@ pub fn softmax_rows_backward<T: Float>(y: &[T], g: &[T], n: usize, log: bool, dx
     let rows_per = rows_per_chunk(n, 1 << 13);
     for_each_chunk_mut(dx, rows_per * n, y.len() * 4, |ci, chunk| {
         let base = ci * rows_per * n;
-        vectorized(#[inline(always)] || {
-            for (r, drow) in chunk.chunks_mut(n).enumerate() {
-                let yr = &y[base + r * n..base + (r + 1) * n];
-                let gr = &g[base + r * n..base + (r + 1) * n];
-                if log {
-                    let s = sum_slice(gr);
-                    for i in 0..n {
-                        drow[i] = gr[i] - yr[i].fexp() * s;
-                    }
-                } else {
-                    let mut acc = [T::zero(); 8];
-                    let (gb, yb) = (gr.chunks_exact(8), yr.chunks_exact(8));
-                    let (gt, yt) = (gb.remainder(), yb.remainder());
-                    for (gc, yc) in gb.zip(yb) {
-                        for l in 0..8 {
-                            acc[l] += gc[l] * yc[l];
+        vectorized(
+            #[inline(always)]
+            || {
+                for (r, drow) in chunk.chunks_mut(n).enumerate() {
+                    let yr = &y[base + r * n..base + (r + 1) * n];
+                    let gr = &g[base + r * n..base + (r + 1) * n];
+                    if log {
+                        let s = sum_slice(gr);
+                        for i in 0..n {
+                            drow[i] = gr[i] - yr[i].fexp() * s;
+                        }
+                    } else {
+                        let mut acc = [T::zero(); 8];
+                        let (gb, yb) = (gr.chunks_exact(8), yr.chunks_exact(8));
+                        let (gt, yt) = (gb.remainder(), yb.remainder());
+                        for (gc, yc) in gb.zip(yb) {
+                            for l in 0..8 {
+                                acc[l] += gc[l] * yc[l];
+                            }
+                        }
+                        let mut dot = sum_slice(&acc);
+                        for (g, y) in gt.iter().zip(yt) {
+                            dot += *g * *y;
+                        }
+                        for i in 0..n {
+                            drow[i] = yr[i] * (gr[i] - dot);
                         }
                     }
-                    let mut dot = sum_slice(&acc);
-                    for (g, y) in gt.iter().zip(yt) {
-                        dot += *g * *y;
-                    }
-                    for i in 0..n {
-                        drow[i] = yr[i] * (gr[i] - dot);
-                    }
                 }
-            }
-        })
+            },
+        )
     });
 }
 

@@ -22,10 +22,7 @@ pub fn coalesce(shape: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec<Vec<u
             continue;
         }
         let merge = match out_shape.last() {
-            Some(_) => strides
-                .iter()
-                .zip(out_strides.iter())
-                .all(|(s, os)| *os.last().unwrap() == s[d] * shape[d]),
+            Some(_) => strides.iter().zip(out_strides.iter()).all(|(s, os)| *os.last().unwrap() == s[d] * shape[d]),
             None => false,
         };
         if merge {

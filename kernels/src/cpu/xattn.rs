@@ -85,12 +85,7 @@ fn check_media(s: &XAttnShape, media: &[i64]) -> Result<(), String> {
     check_len("media", media.len(), s.b * s.t)?;
     for (i, &mi) in media.iter().enumerate() {
         if mi < 0 || mi as u64 > s.m as u64 {
-            return Err(format!(
-                "masked_xattn: media[{}, {}] = {mi} is out of range 0..={} (flat index {i})",
-                i / s.t.max(1),
-                i % s.t.max(1),
-                s.m
-            ));
+            return Err(format!("masked_xattn: media[{}, {}] = {mi} is out of range 0..={} (flat index {i})", i / s.t.max(1), i % s.t.max(1), s.m));
         }
     }
     Ok(())
@@ -1152,15 +1147,7 @@ fn check_naive<T>(s: &XAttnShape, q: &[T], k: &[T], v: &[T], media: &[i64]) {
 /// softmax, times V; rows with no allowed key give zero. Generic so tests can run it in f64.
 /// Panics on bad lengths or media indices.
 #[allow(clippy::too_many_arguments)]
-pub fn masked_xattn_forward_naive<T: Float>(
-    s: &XAttnShape,
-    mode: XAttnMode,
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    media: &[i64],
-    o: &mut [T],
-) {
+pub fn masked_xattn_forward_naive<T: Float>(s: &XAttnShape, mode: XAttnMode, q: &[T], k: &[T], v: &[T], media: &[i64], o: &mut [T]) {
     check_naive(s, q, k, v, media);
     assert_eq!(o.len(), s.q_len(), "masked_xattn_naive: o length");
     let (d, mr) = (s.d, s.m * s.r);
@@ -1472,8 +1459,7 @@ mod tests {
         type Softmax = fn(&mut [f32], usize, usize, f32, &mut [f32]);
         type ProbGrad = fn(&mut [f32], &mut [f32], usize, &[f32], &[f32], f32);
         let simd_grad: ProbGrad = |p, dp, len, l, d, s| prob_grad_cols(p, dp, p.len() / len, len, l, d, s);
-        let paths: [(&str, Softmax, ProbGrad); 2] =
-            [("dispatched", softmax_cols, simd_grad), ("portable", softmax_cols_portable, prob_grad_cols_portable)];
+        let paths: [(&str, Softmax, ProbGrad); 2] = [("dispatched", softmax_cols, simd_grad), ("portable", softmax_cols_portable, prob_grad_cols_portable)];
         for (name, softmax, prob_grad) in paths {
             let (mut p, mut lse) = (x.clone(), vec![0.0f32; len]);
             softmax(&mut p, n, len, scale, &mut lse);

@@ -177,7 +177,10 @@ pub struct Setup {
 /// LM in `lm_dir` and vision encoder in `vision_dir`, and renders and encodes the world.
 pub fn setup(template: &FlamingoConfig, vision_dir: &Path, lm_dir: &Path, cfg: &TrainConfig) -> Result<Setup> {
     let t0 = std::time::Instant::now();
-    let tok: WordTokenizer = WordTokenizer::from_json(&std::fs::read_to_string(lm_dir.join("tokenizer.json")).map_err(|source| Error::Io { path: lm_dir.join("tokenizer.json"), source })?).map_err(|e| Error::File { path: lm_dir.join("tokenizer.json"), msg: e })?;
+    let tok: WordTokenizer = WordTokenizer::from_json(
+        &std::fs::read_to_string(lm_dir.join("tokenizer.json")).map_err(|source| Error::Io { path: lm_dir.join("tokenizer.json"), source })?,
+    )
+    .map_err(|e| Error::File { path: lm_dir.join("tokenizer.json"), msg: e })?;
     let lm_cfg: LmConfig = read_json(&lm_dir.join("config.json"))?;
     let vf: VisionFiles = read_json(&vision_dir.join("config.json"))?;
     if lm_cfg.vocab_size() != tok.vocab_size() {
@@ -192,7 +195,10 @@ pub fn setup(template: &FlamingoConfig, vision_dir: &Path, lm_dir: &Path, cfg: &
     let mut report = load_hf_lm(&store, "lang_encoder.", &lm_file, false)?;
     report.missing.retain(|n| !n.contains("gated_cross_attn_layers") && n != NEW_TOKENS);
     if !report.is_clean() {
-        return Err(Error::File { path: lm_file, msg: format!("not this LM: missing {:?}, unexpected {:?}, mis-shaped {:?}", report.missing, report.unexpected, report.mismatched) });
+        return Err(Error::File {
+            path: lm_file,
+            msg: format!("not this LM: missing {:?}, unexpected {:?}, mis-shaped {:?}", report.missing, report.unexpected, report.mismatched),
+        });
     }
     // `<|endofchunk|>` starts as the LM's `<eos>`, the separator its text episodes used.
     let d = fcfg.lm.hidden_size();
@@ -316,7 +322,17 @@ pub fn run(setup: &Setup, files: &RunFiles, dir: &Path, resume: bool, progress: 
         MixSchedule::Accumulate => "train",
         MixSchedule::RoundRobin => "train-round-robin",
     };
-    let loop_cfg = LoopConfig { stage: stage.into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress, stop_at: cfg.stop_at };
+    let loop_cfg = LoopConfig {
+        stage: stage.into(),
+        steps: cfg.steps,
+        schedule,
+        dir: dir.to_path_buf(),
+        checkpoint_every: cfg.checkpoint_every,
+        resume,
+        log_every: 10,
+        progress,
+        stop_at: cfg.stop_at,
+    };
     let params: Vec<Tensor> = store.trainable().into_iter().map(|(_, t)| t).collect();
     let mut rng = Rng::new(cfg.seed ^ 0xf1a);
     let mut pos = vec![0u64; cfg.datasets.len()];
@@ -349,7 +365,10 @@ pub fn run(setup: &Setup, files: &RunFiles, dir: &Path, resume: bool, progress: 
         }
         if step % 10 == 9 {
             for g in &gates {
-                stats.extra.insert(format!("tanh_{}", g.replace("lang_encoder.gated_cross_attn_layers.", "").replace(".gated_cross_attn_layer.attn_gate", "")), store.require(g)?.tanh()?.to_scalar::<f64>()?.into());
+                stats.extra.insert(
+                    format!("tanh_{}", g.replace("lang_encoder.gated_cross_attn_layers.", "").replace(".gated_cross_attn_layer.attn_gate", "")),
+                    store.require(g)?.tanh()?.to_scalar::<f64>()?.into(),
+                );
             }
         }
         Ok(stats)
@@ -371,7 +390,11 @@ pub fn load_trained(setup: &Setup, dir: &Path) -> Result<()> {
     let path = train_loop::checkpoint_path(dir);
     let f = flamingo_engine::io::SafetensorsFile::open(&path)?;
     for (n, t) in setup.store.trainable() {
-        let src = f.get(&format!("param.{n}")).map_err(|_| Error::Key { path: path.clone(), key: format!("param.{n}"), msg: "missing from the checkpoint".into() })?;
+        let src = f.get(&format!("param.{n}")).map_err(|_| Error::Key {
+            path: path.clone(),
+            key: format!("param.{n}"),
+            msg: "missing from the checkpoint".into(),
+        })?;
         t.assign(&src)?;
     }
     Ok(())
@@ -383,7 +406,9 @@ mod tests {
 
     #[test]
     fn overrides_set_known_fields_and_reject_unknown_ones() {
-        let c = TrainConfig::default().with_overrides(&["lr=0.003".into(), "schedule=round-robin".into(), r#"datasets=[{"kind":"pairs","batch":4,"weight":1.0}]"#.into()]).unwrap();
+        let c = TrainConfig::default()
+            .with_overrides(&["lr=0.003".into(), "schedule=round-robin".into(), r#"datasets=[{"kind":"pairs","batch":4,"weight":1.0}]"#.into()])
+            .unwrap();
         assert_eq!(c.lr, 0.003);
         assert_eq!(c.schedule, MixSchedule::RoundRobin);
         assert_eq!(c.datasets.len(), 1);

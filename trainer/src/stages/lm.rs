@@ -66,7 +66,17 @@ pub fn sample(tok: &WordTokenizer, words: &WordPools, cfg: &LmStageConfig, rng: 
 /// counts when both of its tokens are the argmax given the prompt (teacher-forced, which equals
 /// greedy decoding whenever the first token is right).
 #[allow(clippy::too_many_arguments)]
-pub fn binding_accuracy(lm: &Lm, p: &ParamStore, tok: &WordTokenizer, words: &WordPools, attr: Attribute, ways: usize, shots: usize, n: usize, seed: u64) -> Result<f64> {
+pub fn binding_accuracy(
+    lm: &Lm,
+    p: &ParamStore,
+    tok: &WordTokenizer,
+    words: &WordPools,
+    attr: Attribute,
+    ways: usize,
+    shots: usize,
+    n: usize,
+    seed: u64,
+) -> Result<f64> {
     let mut rng = Rng::new(seed);
     let eps: Vec<(Vec<i64>, usize)> = (0..n).map(|_| text_binding(tok, attr, ways, ways * shots, &words.heldout, &mut rng)).collect();
     let seqs: Vec<Vec<i64>> = eps.iter().map(|e| e.0.clone()).collect();
@@ -93,7 +103,17 @@ pub fn run(lm_cfg: &LmConfig, cfg: &LmStageConfig, dir: &Path, resume: bool, pro
     let lm = Lm::new(&mut store, &mut Init { rng: &mut init_rng, dtype: DType::F32, trainable: true }, "", &lm_cfg)?;
     let mut opt = AdamW::new(vec![ParamGroup::new(store.trainable(), cfg.lr, 0.0)], AdamWConfig::default())?;
     let schedule = LrSchedule { warmup_steps: cfg.warmup, total_steps: cfg.steps, decay: Decay::Cosine, min_factor: 0.1 };
-    let loop_cfg = LoopConfig { stage: "pretrain-lm".into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress, stop_at: None };
+    let loop_cfg = LoopConfig {
+        stage: "pretrain-lm".into(),
+        steps: cfg.steps,
+        schedule,
+        dir: dir.to_path_buf(),
+        checkpoint_every: cfg.checkpoint_every,
+        resume,
+        log_every: 10,
+        progress,
+        stop_at: None,
+    };
     let params: Vec<Tensor> = store.trainable().into_iter().map(|(_, t)| t).collect();
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let mut pos = vec![0u64];
@@ -113,7 +133,14 @@ pub fn run(lm_cfg: &LmConfig, cfg: &LmStageConfig, dir: &Path, resume: bool, pro
     store.save_safetensors(dir.join("model.safetensors"), None)?;
     write_json(&dir.join("config.json"), &lm_cfg)?;
     write_json(&dir.join("tokenizer.json"), &tok)?;
-    let report = LmReport { steps: outcome.steps_done, seconds: outcome.seconds, final_loss: outcome.final_loss, binding_heldout_colour: colour, binding_heldout_shape: shape, config: cfg.clone() };
+    let report = LmReport {
+        steps: outcome.steps_done,
+        seconds: outcome.seconds,
+        final_loss: outcome.final_loss,
+        binding_heldout_colour: colour,
+        binding_heldout_shape: shape,
+        config: cfg.clone(),
+    };
     write_json(&dir.join("report.json"), &report)?;
     Ok(report)
 }

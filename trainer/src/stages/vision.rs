@@ -92,7 +92,17 @@ pub fn run(vision: &NfNetConfig, image_size: usize, cfg: &VisionStageConfig, dir
     let model = ContrastiveModel::new(&mut store, &mut Init { rng: &mut Rng::new(cfg.seed), dtype: DType::F32, trainable: true }, &ccfg)?;
     let mut opt = AdamW::new(vec![ParamGroup::new(store.trainable(), cfg.lr, 0.0)], AdamWConfig::default())?;
     let schedule = LrSchedule { warmup_steps: cfg.warmup, total_steps: cfg.steps, decay: Decay::Cosine, min_factor: 0.1 };
-    let loop_cfg = LoopConfig { stage: "pretrain-vision".into(), steps: cfg.steps, schedule, dir: dir.to_path_buf(), checkpoint_every: cfg.checkpoint_every, resume, log_every: 10, progress, stop_at: None };
+    let loop_cfg = LoopConfig {
+        stage: "pretrain-vision".into(),
+        steps: cfg.steps,
+        schedule,
+        dir: dir.to_path_buf(),
+        checkpoint_every: cfg.checkpoint_every,
+        resume,
+        log_every: 10,
+        progress,
+        stop_at: None,
+    };
     let vision_params: Vec<(String, Tensor)> = store.trainable().into_iter().filter(|(n, _)| n.starts_with("vision.")).collect();
     let mut rng = Rng::new(cfg.seed ^ 0x5eed);
     let mut pos = vec![0u64];
@@ -121,7 +131,14 @@ pub fn run(vision: &NfNetConfig, image_size: usize, cfg: &VisionStageConfig, dir
     }
     net.save_safetensors(dir.join("model.safetensors"), None)?;
     write_json(&dir.join("config.json"), &VisionFiles { image_size, vision: vision.clone() })?;
-    let report = VisionReport { steps: outcome.steps_done, seconds: outcome.seconds, final_loss: outcome.final_loss, recall_at_1: r1, recall_at_5: r5, config: cfg.clone() };
+    let report = VisionReport {
+        steps: outcome.steps_done,
+        seconds: outcome.seconds,
+        final_loss: outcome.final_loss,
+        recall_at_1: r1,
+        recall_at_5: r5,
+        config: cfg.clone(),
+    };
     write_json(&dir.join("report.json"), &report)?;
     Ok(report)
 }

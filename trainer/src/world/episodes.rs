@@ -107,8 +107,20 @@ pub fn moving_object(frames: usize, size: usize, rng: &mut Rng) -> (Object, &'st
     let (word, dx, dy) = dirs[rng.below(4) as usize];
     // Start on the side the object moves away from, and cross most of the frame.
     let step = 0.5 / (frames - 1) as f32;
-    o.x = if dx < 0.0 { 0.75 } else if dx > 0.0 { 0.25 } else { o.x.clamp(0.25, 0.75) };
-    o.y = if dy < 0.0 { 0.75 } else if dy > 0.0 { 0.25 } else { o.y.clamp(0.25, 0.75) };
+    o.x = if dx < 0.0 {
+        0.75
+    } else if dx > 0.0 {
+        0.25
+    } else {
+        o.x.clamp(0.25, 0.75)
+    };
+    o.y = if dy < 0.0 {
+        0.75
+    } else if dy > 0.0 {
+        0.25
+    } else {
+        o.y.clamp(0.25, 0.75)
+    };
     let images = (0..frames)
         .map(|f| {
             let mut of = o;

@@ -4,7 +4,7 @@
 pub mod episodes;
 pub mod features;
 pub mod pool;
-pub mod tasks;
 pub mod render;
+pub mod tasks;
 pub mod tokenizer;
 pub mod words;

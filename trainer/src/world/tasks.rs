@@ -102,7 +102,16 @@ pub fn text_caption(tok: &WordTokenizer, rng: &mut Rng) -> Vec<i64> {
 /// `fix_other`, the attribute that is not the key (shape for colour keys, colour for shape keys)
 /// is the same in every image of the document; otherwise it varies freely.
 #[allow(clippy::too_many_arguments)]
-pub fn binding_doc(tok: &WordTokenizer, attr: Attribute, ways: usize, n_support: usize, pool: &[[usize; 2]], images: &ImagePool, fix_other: bool, rng: &mut Rng) -> Doc {
+pub fn binding_doc(
+    tok: &WordTokenizer,
+    attr: Attribute,
+    ways: usize,
+    n_support: usize,
+    pool: &[[usize; 2]],
+    images: &ImagePool,
+    fix_other: bool,
+    rng: &mut Rng,
+) -> Doc {
     let words = WordPools::draw(pool, ways, rng);
     let classes = distinct_classes(attr, ways, rng);
     let mut order = loose_support(ways, n_support, rng);

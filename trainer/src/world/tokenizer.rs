@@ -13,7 +13,9 @@ pub const IMAGE: &str = "<image>";
 pub const END_OF_CHUNK: &str = "<|endofchunk|>";
 
 /// Words that are neither attributes nor syllables.
-const FUNCTION_WORDS: [&str; 21] = ["a", "is", "what", "colour", "shape", "size", "of", "the", "this", "and", "moves", "left", "right", "up", "down", "?", "which", "way", "does", "it", "move"];
+const FUNCTION_WORDS: [&str; 21] = [
+    "a", "is", "what", "colour", "shape", "size", "of", "the", "this", "and", "moves", "left", "right", "up", "down", "?", "which", "way", "does", "it", "move",
+];
 
 /// The tokenizer: a fixed vocabulary, serialisable with checkpoints.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
