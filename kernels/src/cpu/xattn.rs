@@ -1298,6 +1298,11 @@ mod tests {
         let mut media = vec![2i64; s.t];
         media[..3].fill(0);
         out.push(Case { s, media });
+        // The benchmark's head count, head size and token count (full 64-token tiles, 8 heads of
+        // 64), with random media rows.
+        let s = XAttnShape { b: 2, t: 256, m: 4, r: 64, h: 8, d: 64 };
+        let media = random_media(&mut rng, s.b, s.t, s.m);
+        out.push(Case { s, media });
         out
     }
 
