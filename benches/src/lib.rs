@@ -48,23 +48,12 @@ pub struct Case {
 
 /// Median per-call milliseconds of `f`, by the method in the crate docs.
 pub fn time_median_ms(f: &mut dyn FnMut(), quick: bool) -> f64 {
-    let calls = warm_up(f, quick);
-    let samples = if quick { 15 } else { 21 };
-    let mut times: Vec<f64> = (0..samples)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..calls {
-                f();
-            }
-            t.elapsed().as_secs_f64() * 1e3 / calls as f64
-        })
-        .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[times.len() / 2]
+    // One case timed "together" with nothing else: warm-up, then its samples in turn.
+    time_medians_interleaved(&mut [f], quick)[0]
 }
 
-/// Calls per sample so that one sample of `f` lasts ≥ 20 ms, after the warm-up of
-/// [`time_median_ms`].
+/// Warms `f` up (≥ 3 calls and ~0.3 s, ~0.1 s with `quick`) and returns how many calls make one
+/// sample last ≥ 20 ms.
 fn warm_up(f: &mut dyn FnMut(), quick: bool) -> usize {
     let warm_start = Instant::now();
     let mut warm_calls = 0;
