@@ -20,19 +20,25 @@ fn main() {
         eprintln!("step_profile: unknown preset `{preset}` (tiny or small)");
         std::process::exit(2);
     };
-    let t = Instant::now();
-    let mut step = build_step(preset, batch, images, chunk, Device::Cpu).unwrap_or_else(|e| {
-        eprintln!("step_profile: {e}");
-        std::process::exit(1)
-    });
-    step();
-    println!("{preset}: build + first step {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
-    let mut times = Vec::with_capacity(steps);
-    for _ in 0..steps {
+    // Build, first step and timed steps run on a pool thread, as the `flamingo` program runs its
+    // commands (STEP_ON_MAIN=1: on the main thread, to compare).
+    let body = || {
         let t = Instant::now();
+        let mut step = build_step(preset, batch, images, chunk, Device::Cpu).unwrap_or_else(|e| {
+            eprintln!("step_profile: {e}");
+            std::process::exit(1)
+        });
         step();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
+        println!("{preset}: build + first step {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        let mut times = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t = Instant::now();
+            step();
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times
+    };
+    let times = if std::env::var_os("STEP_ON_MAIN").is_some() { body() } else { flamingo_engine::on_pool(body) };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let tokens = (batch * images * chunk) as f64;

@@ -33,6 +33,7 @@ mod pool;
 pub mod rng;
 pub mod storage;
 pub mod tensor;
+pub mod threads;
 
 pub use autograd::{is_grad_enabled, no_grad, no_grad_guard};
 pub use device::Device;
@@ -43,3 +44,4 @@ pub use params::ParamStore;
 pub use pool::tune_allocator;
 pub use rng::Rng;
 pub use tensor::Tensor;
+pub use threads::on_pool;

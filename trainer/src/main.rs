@@ -215,7 +215,10 @@ fn main() -> ExitCode {
             _ => {}
         }
     }
-    let result: Result<(), String> = match cli.command {
+    // The whole command runs on a thread of the kernels' rayon pool: parallel kernels then split
+    // their work there instead of handing it over and sleeping (engine::threads; tiny training
+    // step about 10 % faster, docs/PERF.md).
+    let result: Result<(), String> = flamingo_engine::on_pool(move || match cli.command {
         Command::Selftest { filter, json } => selftest(filter.as_deref(), json),
         Command::Demo { name, from_scratch, ablation, steps, episodes, pretrained } => fewshot_demo(name, from_scratch, ablation, steps, episodes, pretrained),
         Command::EngineDemo { steps, seed } => demo(steps, seed),
@@ -232,7 +235,7 @@ fn main() -> ExitCode {
         }
         Command::Bench { suite, list: true, .. } => flamingo_benches::suites::cases(&suite).map(|cs| cs.iter().for_each(|c| println!("{}", c.name))),
         Command::Bench { suite, json, cases, quick, .. } => bench(&suite, json, cases.as_deref(), quick),
-    };
+    });
     if flamingo_kernels::cpu::gemm::stats::enabled() {
         eprint!("{}", flamingo_kernels::cpu::gemm::stats::report());
     }
