@@ -13,7 +13,7 @@ const MAX_BYTES: usize = 1 << 30;
 /// Most buffers kept of any one length. A forward pass keeps alive dozens of activations of the
 /// same length (one per layer and kind), and they are all freed together after the step: with 16
 /// per length, the next step missed on the rest and zeroed fresh memory (`memset` 2.1 % of the
-/// tiny step's samples; 0.5 % with 256). [`MAX_BYTES`] still bounds the total.
+/// tiny step's samples; 0.5 % with 256). [`MAX_BYTES`] bounds the total ([`Cache::put`]).
 const MAX_PER_LEN: usize = 256;
 
 /// Freed buffers by exact length, and the bytes they hold.
@@ -60,25 +60,35 @@ pub(crate) fn take<T: Pooled>(n: usize) -> Vec<T> {
     vec![T::default(); n]
 }
 
-/// Returns a buffer to the cache (or frees it when small, or when its length already has
-/// [`MAX_PER_LEN`] buffers). Over [`MAX_BYTES`], buffers of other lengths are freed first.
+/// Returns a buffer to the cache, or frees it when it is small or the cache will not keep it
+/// ([`Cache::put`]).
 pub(crate) fn give<T: Pooled>(v: Vec<T>) {
-    let n = v.len();
-    if n < MIN_LEN {
+    if v.len() < MIN_LEN {
         return;
     }
     let Ok(mut cache) = T::cache().lock() else { return };
-    let size = n * std::mem::size_of::<T>();
-    let list = cache.by_len.entry(n).or_default();
-    if list.len() >= MAX_PER_LEN {
-        return;
-    }
-    list.push(v);
-    cache.bytes += size;
-    while cache.bytes > MAX_BYTES {
-        let Some(&victim) = cache.by_len.iter().find(|(&len, l)| len != n && !l.is_empty()).map(|(len, _)| len) else { break };
-        let freed = cache.by_len.get_mut(&victim).map_or(0, |l| l.drain(..).count()) * victim * std::mem::size_of::<T>();
-        cache.bytes -= freed;
+    cache.put(v, MAX_BYTES, MAX_PER_LEN);
+}
+
+impl<T> Cache<T> {
+    /// Keeps `v` unless its length already has `max_per_len` buffers or keeping it would take the
+    /// cache over `max_bytes` (then `v` is freed). Returns whether it was kept.
+    ///
+    /// Nothing is evicted to make room: a cache that is full stays as it is, so a workload whose
+    /// buffers exceed the cap reuses what the cache holds and allocates the rest, instead of
+    /// trading one length's buffers for another's on every call.
+    fn put(&mut self, v: Vec<T>, max_bytes: usize, max_per_len: usize) -> bool {
+        let size = v.len() * std::mem::size_of::<T>();
+        if self.bytes + size > max_bytes {
+            return false;
+        }
+        let list = self.by_len.entry(v.len()).or_default();
+        if list.len() >= max_per_len {
+            return false;
+        }
+        list.push(v);
+        self.bytes += size;
+        true
     }
 }
 
@@ -119,5 +129,22 @@ mod tests {
         assert_eq!(back.as_ptr(), ptr, "the cached buffer is reused");
         assert_eq!(back[7], 2.5, "contents are left as they were");
         assert_eq!(take::<f32>(n)[0], 0.0, "a miss is zeroed memory");
+    }
+
+    /// The byte cap and the per-length cap both hold: a buffer that does not fit is freed, and
+    /// nothing already cached is evicted for it.
+    #[test]
+    fn cache_keeps_within_its_caps() {
+        let mut c = Cache::<f32>::default();
+        let cap = 3 * 100 * 4; // three buffers of 100 floats
+        assert!(c.put(vec![0.0; 100], cap, 2));
+        assert!(c.put(vec![0.0; 100], cap, 2));
+        assert!(!c.put(vec![0.0; 100], cap, 2), "a third buffer of one length over the per-length cap");
+        assert!(c.put(vec![0.0; 50], cap, 2));
+        assert!(!c.put(vec![0.0; 60], cap, 2), "450 + 60 floats are over the byte cap");
+        assert!(c.put(vec![0.0; 50], cap, 2), "400 floats fit exactly");
+        assert_eq!(c.bytes, cap);
+        assert_eq!(c.by_len[&100].len(), 2, "nothing was evicted");
+        assert!(!c.by_len.contains_key(&60));
     }
 }

@@ -5,24 +5,33 @@
 //! caller a sleep and a wake-up, and the caller's core does none of the work. Started from a
 //! pool thread, the same kernel splits its work there, the caller takes part in it, and nothing
 //! sleeps. Training steps of small models run thousands of short parallel regions, so that is
-//! where this matters.
+//! where this matters (docs/PERF.md, session 10).
 
-/// Stack of each pool thread: the work [`on_pool`] moves there (model code, autograd, dropping
-/// long graphs) expects a main thread's stack, not the 2 MiB of a spawned thread.
-const POOL_STACK_BYTES: usize = 64 << 20;
+/// Stack of each thread of the global pool when [`on_pool`] creates it: the work it moves there
+/// (model code, autograd, dropping long graphs) expects a main thread's stack (8 MiB), not the
+/// 2 MiB of a spawned thread.
+const POOL_STACK_BYTES: usize = 16 << 20;
 
-/// Runs `f` on a thread of rayon's global pool and returns its result; runs it in place when
-/// the caller already is a pool thread. Results do not change: kernels split their work the same
-/// way wherever they start.
+/// Runs `f` on a thread of rayon's global pool and returns its result. Runs it in place when the
+/// caller already is a thread of a rayon pool, the global one or another (then that pool's
+/// stack size applies). Results do not change: kernels split their work the same way wherever
+/// they start.
 ///
-/// The first call also creates the global pool (with [`POOL_STACK_BYTES`] of stack per thread
-/// and `RAYON_NUM_THREADS` threads when that is set), unless something created it before.
+/// The first call creates the global pool (with [`POOL_STACK_BYTES`] of stack per thread, and
+/// `RAYON_NUM_THREADS` threads when that is set) unless something created it before; then the
+/// existing pool is used as it is.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() {
         return f();
     }
-    // Fails only when the global pool already exists; then it is used as it is.
-    let _ = rayon::ThreadPoolBuilder::new().stack_size(POOL_STACK_BYTES).build_global();
+    if let Err(e) = rayon::ThreadPoolBuilder::new().stack_size(POOL_STACK_BYTES).build_global() {
+        // "Already initialized" is the normal case after the first call; anything else (threads
+        // that could not be started) is worth a word before rayon reports it its own way.
+        let msg = e.to_string();
+        if !msg.contains("already") {
+            eprintln!("flamingo: could not start the thread pool with {} MiB stacks: {msg}", POOL_STACK_BYTES >> 20);
+        }
+    }
     let mut out = None;
     rayon::scope(|_| out = Some(f()));
     out.expect("rayon::scope ran its closure")
@@ -31,21 +40,26 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayon::prelude::*;
+    use crate::Tensor;
 
-    /// The closure runs on a pool thread, a nested call stays on that thread, and a parallel
-    /// reduction started there gives the same bits as one started from outside the pool.
+    /// The closure runs on a pool thread, a nested call stays on that thread, and the engine's
+    /// parallel kernels (a reduction over 2^20 values, a 192 × 256 × 320 product) give the same
+    /// bits started from there as started from outside the pool.
     #[test]
     fn on_pool_runs_on_a_pool_thread_with_unchanged_results() {
         assert_eq!(rayon::current_thread_index(), None, "the test itself runs outside the pool");
         let (outer, inner) = on_pool(|| (rayon::current_thread_index(), on_pool(rayon::current_thread_index)));
         assert!(outer.is_some(), "on_pool ran its closure outside the pool");
         assert_eq!(outer, inner, "a nested on_pool moved to another thread");
-        let x: Vec<f32> = (0..1 << 18).map(|i| ((i * 7919) % 1000) as f32 * 1e-3).collect();
-        let sum = |x: &[f32]| x.par_chunks(4096).map(|c| c.iter().sum::<f32>()).collect::<Vec<_>>();
-        let outside = sum(&x);
-        let inside = on_pool(|| sum(&x));
-        assert_eq!(outside, inside);
+        let values = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 7919 + seed) % 1013) as f32 * 1e-3 - 0.5).collect() };
+        let x = Tensor::from_vec(values(1 << 20, 1), &[1024, 1024]).unwrap();
+        let a = Tensor::from_vec(values(192 * 320, 2), &[192, 320]).unwrap();
+        let b = Tensor::from_vec(values(320 * 256, 3), &[320, 256]).unwrap();
+        let work = || (x.sum(&[], false).unwrap().to_vec::<f32>().unwrap(), a.matmul(&b).unwrap().to_vec::<f32>().unwrap());
+        let outside = work();
+        let inside = on_pool(work);
+        assert_eq!(outside.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), inside.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        assert_eq!(outside.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), inside.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         assert_eq!(on_pool(|| 6 * 7), 42, "the closure's value comes back");
     }
 }

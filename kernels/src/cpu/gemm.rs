@@ -52,10 +52,12 @@ pub fn use_ours(macs: usize, parallel: bool) -> bool {
 /// crate by default. On one thread ours is the faster at these sizes too (`gemm_speed` example:
 /// 64 × 80 × 64 at 72 against 49 GFLOP/s, 32 × 256 × 288 at 62 against 45), but routing the tiny
 /// training step's small parallel products to ours made that step slower as a whole (session 6,
-/// alternating runs): the crate ran them serially, ours forks. Since the program's work runs on a
-/// pool thread (session 10, `flamingo_engine::on_pool`) forking costs little: 2^20 against 2^22,
-/// the tiny step's per-round ratio had a median of 0.94 over 16 alternating rounds
-/// (`step_profile tiny 30`; docs/perf-runs/2026-11-28/session10-gemm-threshold-ab.txt).
+/// alternating runs). Session 10 measured 2^20 against 2^22 again, with the program's work on a
+/// pool thread (`flamingo_engine::on_pool`): the tiny step's per-round ratio had a median of 0.94
+/// over 16 alternating rounds (`step_profile tiny 30`;
+/// docs/perf-runs/2026-11-28/session10-gemm-threshold-ab.txt). Ours runs products under 2^22
+/// multiply-adds on one thread (`sgemm` splits from there), so the products this moved (320 × 64
+/// × 128 and 320 × 128 × 64) now run on one thread in ours instead of on two in the crate.
 pub const OURS_MIN_MACS: usize = 1 << 20;
 
 /// The threshold for products the caller runs on one thread (e.g. a convolution's per-image
