@@ -40,7 +40,7 @@ fn step_case(name: &'static str, preset_name: &'static str, batch: usize, images
 }
 
 /// One training step as a closure over its model, optimiser and batch.
-pub fn build_step(preset_name: &str, batch: usize, images: usize, chunk: usize, dev: Device) -> Result<Box<dyn FnMut() + Send>> {
+pub fn build_step(preset_name: &str, batch: usize, images: usize, chunk: usize, dev: Device) -> Result<Box<dyn FnMut()>> {
     let full = preset(preset_name).ok_or_else(|| flamingo_engine::Error::Msg(format!("no preset `{preset_name}`")))?;
     let cfg = full.flamingo.clone().expect("preset with a Flamingo part");
     let mut rng = Rng::new(11);

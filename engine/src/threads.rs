@@ -55,11 +55,9 @@ mod tests {
         let x = Tensor::from_vec(values(1 << 20, 1), &[1024, 1024]).unwrap();
         let a = Tensor::from_vec(values(192 * 320, 2), &[192, 320]).unwrap();
         let b = Tensor::from_vec(values(320 * 256, 3), &[320, 256]).unwrap();
-        let work = || (x.sum(&[], false).unwrap().to_vec::<f32>().unwrap(), a.matmul(&b).unwrap().to_vec::<f32>().unwrap());
-        let outside = work();
-        let inside = on_pool(work);
-        assert_eq!(outside.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), inside.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
-        assert_eq!(outside.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), inside.1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+        let bits = |t: Tensor| t.to_vec::<f32>().unwrap().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let work = || (bits(x.sum(&[], false).unwrap()), bits(a.matmul(&b).unwrap()));
+        assert_eq!(work(), on_pool(work));
         assert_eq!(on_pool(|| 6 * 7), 42, "the closure's value comes back");
     }
 }
