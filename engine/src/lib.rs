@@ -44,4 +44,4 @@ pub use params::ParamStore;
 pub use pool::tune_allocator;
 pub use rng::Rng;
 pub use tensor::Tensor;
-pub use threads::on_pool;
+pub use threads::{on_pool, with_hot_pool};

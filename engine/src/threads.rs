@@ -33,8 +33,52 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         }
     }
     let mut out = None;
-    rayon::scope(|_| out = Some(f()));
+    rayon::scope(|_| out = Some(with_hot_pool(f)));
     out.expect("rayon::scope ran its closure")
+}
+
+/// Runs `f` on the calling thread of rayon's pool while every other thread of the pool keeps
+/// looking for work instead of going to sleep (set `FLAMINGO_HOT_POOL=0` to let them sleep, as
+/// rayon does by default). Called outside a pool, or in a pool of one thread, it just runs `f`.
+///
+/// Why: rayon puts an idle thread to sleep after a few dozen rounds of looking for work, so the
+/// next parallel region has to wake it through the kernel: a system call on the critical path and
+/// the sleeper's wake-up latency, for each of the thousands of short regions of a small training
+/// step. A thread that keeps polling picks new work up at once (this is what OpenMP runtimes do
+/// by default: their threads spin for 200 ms after a region). The price is that the other cores
+/// stay busy while `f` runs; `flamingo` accepts that for its commands.
+pub fn with_hot_pool<R>(f: impl FnOnce() -> R) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let Some(owner) = rayon::current_thread_index() else { return f() };
+    if rayon::current_num_threads() < 2 || std::env::var("FLAMINGO_HOT_POOL").as_deref() == Ok("0") {
+        return f();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    /// Sets the flag however `f` ends (a panic too), so the pollers never outlive it.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let _stop = Stop(stop.clone());
+    // One task on every thread of the pool; the owner's copy returns at once (it must not poll
+    // there: the owner may pick it up while waiting inside `f`, which would then never finish).
+    rayon::spawn_broadcast(move |ctx| {
+        if ctx.index() == owner {
+            return;
+        }
+        while !stop.load(Ordering::Acquire) {
+            // Runs one pending job of the pool (its own, stolen or injected) if there is one.
+            if let Some(rayon::Yield::Idle) = rayon::yield_now() {
+                for _ in 0..4 {
+                    std::hint::spin_loop();
+                }
+            }
+        }
+    });
+    f()
 }
 
 #[cfg(test)]

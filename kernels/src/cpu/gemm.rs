@@ -41,7 +41,6 @@ pub fn use_ours(macs: usize, parallel: bool) -> bool {
         match std::env::var("FLAMINGO_GEMM").as_deref() {
             Ok("crate") => 0,
             Ok("ours") => 1,
-            _ if std::is_x86_feature_detected!("avx512f") => 0,
             _ => 2,
         }
     });

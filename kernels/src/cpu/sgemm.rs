@@ -59,6 +59,15 @@ pub fn available() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// Whether the 6 × 32 AVX-512 micro-kernel runs (this CPU has AVX-512F, and `FLAMINGO_SGEMM_AVX512`
+/// is not `0`, which keeps the AVX2 kernel for side-by-side measurements). Both kernels sum every
+/// output element over the depth in the same order with the same FMAs, so they give the same bits.
+pub fn wide_available() -> bool {
+    use std::sync::OnceLock;
+    static WIDE: OnceLock<bool> = OnceLock::new();
+    *WIDE.get_or_init(|| std::is_x86_feature_detected!("avx512f") && std::env::var("FLAMINGO_SGEMM_AVX512").as_deref() != Ok("0"))
+}
+
 thread_local! {
     /// Reusable packing buffers of this thread (taken while in use, so a nested call on the same
     /// thread through rayon's work stealing simply allocates its own).
@@ -231,6 +240,7 @@ impl Product<'_> {
         let kc_all = slice_depth(k);
         let mut bbuf = take_buf(&B_BUF, nc_even * kc_all);
         let lhs_ptr = lhs.as_ptr().add(l.offset);
+        let wide = wide_available();
         for jc in (0..n).step_by(nc_even) {
             let nc = (n - jc).min(nc_even);
             let slivers = nc.div_ceil(NR);
@@ -271,15 +281,25 @@ impl Product<'_> {
                             pack_a(kc, (m - r0).min(MR), a_at.get().offset(r0 as isize * l.rs), l.rs, l.cs, &mut abuf[s * MR * kc..(s + 1) * MR * kc]);
                         }
                     }
-                    for js in 0..slivers {
+                    let mut js = 0;
+                    while js < slivers {
                         let bp = bpacked.as_ptr().add(js * NR * kc);
-                        let cols = (nc - js * NR).min(NR);
+                        // With AVX-512, two neighbouring slivers at once (a 6 × 32 tile) while
+                        // the second is full; the last sliver of a panel may go alone.
+                        let pair = wide && js + 1 < slivers && nc - js * NR >= 2 * NR;
+                        let cols = (nc - js * NR).min(if pair { 2 * NR } else { NR });
                         for s in 0..asl {
                             let r0 = ic + s * MR;
                             let rws = (m - r0).min(MR);
                             let c = dst.get().offset(r0 as isize * dst_rs + (jc + js * NR) as isize);
-                            tile(kc, abuf.as_ptr().add(s * MR * kc), bp, c, dst_rs, rws, cols, load_c);
+                            let a = abuf.as_ptr().add(s * MR * kc);
+                            if pair {
+                                tile_wide(kc, a, bp, c, dst_rs, rws, load_c);
+                            } else {
+                                tile(kc, a, bp, c, dst_rs, rws, cols, load_c);
+                            }
                         }
+                        js += if pair { 2 } else { 1 };
                     }
                     give_buf(&A_BUF, abuf);
                 };
@@ -459,6 +479,92 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize,
                 let v = t[i * NR + j];
                 *row.add(j) = if load_c { *row.add(j) + v } else { v };
             }
+        }
+    }
+}
+
+/// A 6 × 32 tile from one A sliver and two neighbouring full B slivers (`b` and `b + NR·kc`), on
+/// AVX-512: `rows ≤ MR` valid rows (the rest go to a scratch tile).
+///
+/// # Safety
+/// The CPU must have AVX-512F ([`wide_available`]); both slivers must be packed `kc` deep.
+#[inline]
+unsafe fn tile_wide(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, rows: usize, load_c: bool) {
+    if rows == MR {
+        kernel_6x32(kc, a, b, c, rsc, load_c);
+    } else {
+        let mut t = [0.0f32; MR * 2 * NR];
+        kernel_6x32(kc, a, b, t.as_mut_ptr(), 2 * NR as isize, false);
+        for i in 0..rows {
+            let row = c.offset(i as isize * rsc);
+            for j in 0..2 * NR {
+                let v = t[i * 2 * NR + j];
+                *row.add(j) = if load_c { *row.add(j) + v } else { v };
+            }
+        }
+    }
+}
+
+/// The AVX-512 micro-kernel: 6 × 32 tile in 6 zmm accumulators per sliver (12 in all); per depth
+/// step one 16-wide load from each B sliver, six broadcasts of A and twelve FMAs. Same packed
+/// layout as [`kernel_6x16`]; each output element is the same FMA chain over p in order.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn kernel_6x32(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, load_c: bool) {
+    let z = _mm512_setzero_ps();
+    let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21) = (z, z, z, z, z, z);
+    let (mut c30, mut c31, mut c40, mut c41, mut c50, mut c51) = (z, z, z, z, z, z);
+    for i in 0..MR {
+        let row = c.offset(i as isize * rsc) as *const i8;
+        _mm_prefetch::<_MM_HINT_T0>(row);
+        _mm_prefetch::<_MM_HINT_T0>(row.add(64));
+        _mm_prefetch::<_MM_HINT_T0>(row.add(124));
+    }
+    let mut a = a;
+    let mut b0p = b;
+    let mut b1p = b.add(NR * kc);
+    macro_rules! row {
+        ($i:expr, $b0:ident, $b1:ident, $lo:ident, $hi:ident) => {{
+            let x = _mm512_set1_ps(*a.add($i));
+            $lo = _mm512_fmadd_ps(x, $b0, $lo);
+            $hi = _mm512_fmadd_ps(x, $b1, $hi);
+        }};
+    }
+    macro_rules! step {
+        () => {{
+            let b0 = _mm512_loadu_ps(b0p);
+            let b1 = _mm512_loadu_ps(b1p);
+            row!(0, b0, b1, c00, c01);
+            row!(1, b0, b1, c10, c11);
+            row!(2, b0, b1, c20, c21);
+            row!(3, b0, b1, c30, c31);
+            row!(4, b0, b1, c40, c41);
+            row!(5, b0, b1, c50, c51);
+            a = a.add(MR);
+            b0p = b0p.add(NR);
+            b1p = b1p.add(NR);
+        }};
+    }
+    let mut p = 0;
+    while p + 4 <= kc {
+        step!();
+        step!();
+        step!();
+        step!();
+        p += 4;
+    }
+    while p < kc {
+        step!();
+        p += 1;
+    }
+    let rows = [(c00, c01), (c10, c11), (c20, c21), (c30, c31), (c40, c41), (c50, c51)];
+    for (i, (lo, hi)) in rows.into_iter().enumerate() {
+        let row = c.offset(i as isize * rsc);
+        if load_c {
+            _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), lo));
+            _mm512_storeu_ps(row.add(NR), _mm512_add_ps(_mm512_loadu_ps(row.add(NR)), hi));
+        } else {
+            _mm512_storeu_ps(row, lo);
+            _mm512_storeu_ps(row.add(NR), hi);
         }
     }
 }
