@@ -25,7 +25,7 @@ fn threads_for(flops: usize) -> Parallelism {
 
 /// Whether an f32 product of `macs` multiply-adds goes through our own AVX2 GEMM
 /// ([`super::sgemm`]) rather than the `gemm` crate. Default: ours on AVX2+FMA machines without
-/// AVX-512 (where the crate has wider kernels that we have not measured against) for products of
+/// AVX-512 (where the crate's AVX-512 kernels measured faster, see below) for products of
 /// at least [`OURS_MIN_MACS`], or [`OURS_MIN_MACS_SERIAL`] when the caller runs it on one thread.
 /// `FLAMINGO_GEMM=ours` uses ours for every size, `FLAMINGO_GEMM=crate` never (for side-by-side
 /// measurements).
@@ -41,6 +41,11 @@ pub fn use_ours(macs: usize, parallel: bool) -> bool {
         match std::env::var("FLAMINGO_GEMM").as_deref() {
             Ok("crate") => 0,
             Ok("ours") => 1,
+            // Session 11, Intel AVX-512 VM, pool kept hot: the tiny step took 36.8 ms with the
+            // crate's AVX-512 kernels against 41.5 with ours (6 × 32 AVX-512 kernel) and 45.7
+            // with ours on AVX2, medians of three alternating rounds; the 1 × 1 WS-conv case
+            // 0.65 against 1.9 ms (docs/perf-runs/2026-11-28/session11-*.txt).
+            _ if std::is_x86_feature_detected!("avx512f") => 0,
             _ => 2,
         }
     });

@@ -710,4 +710,31 @@ mod tests {
         unsafe { sgemm(m, n, k, two.as_mut_ptr(), n as isize, false, &a, l, &b, r, true) };
         assert_eq!(one, two);
     }
+
+    /// The AVX-512 6 × 32 kernel gives the same bits as the AVX2 6 × 16 kernel on each of its two
+    /// slivers, full and edge rows, overwriting and accumulating.
+    #[test]
+    fn wide_kernel_matches_the_avx2_kernel_bit_for_bit() {
+        if !available() || !std::is_x86_feature_detected!("avx512f") {
+            eprintln!("skipped: this CPU has no AVX-512F (the 6 × 32 kernel does not run here)");
+            return;
+        }
+        for (kc, rows) in [(1, 6), (7, 6), (64, 6), (130, 4), (33, 1)] {
+            let a: Vec<f32> = (0..MR * kc).map(|i| ((i * 7 % 23) as f32 - 11.0) * 0.13).collect();
+            let b: Vec<f32> = (0..2 * NR * kc).map(|i| ((i * 5 % 19) as f32 - 9.0) * 0.07).collect();
+            for load_c in [false, true] {
+                let start: Vec<f32> = (0..MR * 2 * NR).map(|i| (i % 11) as f32 * 0.25).collect();
+                let mut wide = start.clone();
+                let mut narrow = start.clone();
+                unsafe {
+                    tile_wide(kc, a.as_ptr(), b.as_ptr(), wide.as_mut_ptr(), 2 * NR as isize, rows, load_c);
+                    for s in 0..2 {
+                        tile(kc, a.as_ptr(), b.as_ptr().add(s * NR * kc), narrow.as_mut_ptr().add(s * NR), 2 * NR as isize, rows, NR, load_c);
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&wide), bits(&narrow), "kc {kc}, rows {rows}, load_c {load_c}");
+            }
+        }
+    }
 }
