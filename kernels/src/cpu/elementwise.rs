@@ -182,8 +182,15 @@ pub fn unary<T: Float>(op: UnaryOp, x: &[T], out: &mut [T]) {
     if op == UnaryOp::Gelu && super::avx2::available() {
         if let (Some(xf), Some(of)) = (super::float::as_f32(x), super::float::as_f32_mut(out)) {
             for_each_chunk_mut(of, CHUNK, cost, |ci, chunk| {
-                // SAFETY: AVX2 and FMA were detected above.
-                unsafe { super::avx2::gelu(&xf[ci * CHUNK..ci * CHUNK + chunk.len()], chunk) }
+                let xs = &xf[ci * CHUNK..ci * CHUNK + chunk.len()];
+                // SAFETY: AVX2 and FMA were detected above, AVX-512F where it is used.
+                unsafe {
+                    if super::avx512::available() {
+                        super::avx512::gelu(xs, chunk)
+                    } else {
+                        super::avx2::gelu(xs, chunk)
+                    }
+                }
             });
             return;
         }
@@ -205,8 +212,14 @@ pub fn unary_backward<T: Float>(op: UnaryOp, x: &[T], y: &[T], g: &[T], dx: &mut
         if let (Some(xf), Some(gf), Some(df)) = (super::float::as_f32(x), super::float::as_f32(g), super::float::as_f32_mut(dx)) {
             for_each_chunk_mut(df, CHUNK, cost, |ci, chunk| {
                 let r = ci * CHUNK..ci * CHUNK + chunk.len();
-                // SAFETY: AVX2 and FMA were detected above.
-                unsafe { super::avx2::gelu_backward(&xf[r.clone()], &gf[r], chunk) }
+                // SAFETY: AVX2 and FMA were detected above, AVX-512F where it is used.
+                unsafe {
+                    if super::avx512::available() {
+                        super::avx512::gelu_backward(&xf[r.clone()], &gf[r], chunk)
+                    } else {
+                        super::avx2::gelu_backward(&xf[r.clone()], &gf[r], chunk)
+                    }
+                }
             });
             return;
         }

@@ -1,5 +1,7 @@
 //! Our own f32 GEMM for AVX2 + FMA machines, in the BLIS/GotoBLAS structure: packed panels of
-//! the operands and a 6 × 16 register-blocked micro-kernel.
+//! the operands and a 6 × 16 register-blocked micro-kernel (on AVX-512 CPUs, a 6 × 32 kernel over
+//! two neighbouring B slivers of the same packing, which gives the same bits). By default
+//! `gemm::use_ours` sends products here only on CPUs without AVX-512 (see there why).
 //!
 //! Why: on the development VM (AMD EPYC, AVX2) the `gemm` crate's f32 products ran at 70–100
 //! GFLOP/s on two threads, while the two vCPUs can do 240–285 GFLOP/s of FMAs (measured with
