@@ -51,7 +51,11 @@ pub fn with_hot_pool<R>(f: impl FnOnce() -> R) -> R {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
     let Some(owner) = rayon::current_thread_index() else { return f() };
-    if rayon::current_num_threads() < 2 || std::env::var("FLAMINGO_HOT_POOL").as_deref() == Ok("0") {
+    let threads = rayon::current_num_threads();
+    // More pool threads than cores: pollers would take the cores from the threads with work
+    // (`engine-demo` with RAYON_NUM_THREADS=3 on two cores ran 17× slower), so they sleep.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || threads > cores || std::env::var("FLAMINGO_HOT_POOL").as_deref() == Ok("0") {
         return f();
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -69,12 +73,22 @@ pub fn with_hot_pool<R>(f: impl FnOnce() -> R) -> R {
         if ctx.index() == owner {
             return;
         }
+        let mut idle = 0u32;
         while !stop.load(Ordering::Acquire) {
             // Runs one pending job of the pool (its own, stolen or injected) if there is one.
             if let Some(rayon::Yield::Idle) = rayon::yield_now() {
-                for _ in 0..4 {
-                    std::hint::spin_loop();
+                idle += 1;
+                if idle % 256 == 0 {
+                    // Every ~50 µs of finding nothing, let the OS run another thread on this
+                    // core if one waits (another process, or a pool thread it descheduled).
+                    std::thread::yield_now();
+                } else {
+                    for _ in 0..4 {
+                        std::hint::spin_loop();
+                    }
                 }
+            } else {
+                idle = 0;
             }
         }
     });
