@@ -37,62 +37,17 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     out.expect("rayon::scope ran its closure")
 }
 
-/// Runs `f` on the calling thread of rayon's pool while every other thread of the pool keeps
-/// looking for work instead of going to sleep (set `FLAMINGO_HOT_POOL=0` to let them sleep, as
-/// rayon does by default). Called outside a pool, or in a pool of one thread, it just runs `f`.
+/// Runs `f` on the calling thread of rayon's pool while the pool's other threads keep polling
+/// for work instead of going to sleep between kernels (`FLAMINGO_HOT_POOL=0` lets them sleep, as
+/// rayon does by default); see [`flamingo_kernels::cpu::parallel::hot_region`] for when it applies
+/// and why it cannot hang. [`on_pool`] calls it, so the `flamingo` program's commands run this way.
 ///
-/// Why: rayon puts an idle thread to sleep after a few dozen rounds of looking for work, so the
-/// next parallel region has to wake it through the kernel: a system call on the critical path and
-/// the sleeper's wake-up latency, for each of the thousands of short regions of a small training
-/// step. A thread that keeps polling picks new work up at once (this is what OpenMP runtimes do
-/// by default: their threads spin for 200 ms after a region). The price is that the other cores
-/// stay busy while `f` runs; `flamingo` accepts that for its commands.
+/// The saving: waking a sleeping thread is a system call on the critical path plus the sleeper's
+/// wake-up latency, for each of the thousands of short parallel regions of a small training step
+/// (tiny step on session 11's Intel VM: 44.3 → 34.9 ms, docs/PERF.md). The price: the other
+/// cores stay busy while `f` runs parallel work.
 pub fn with_hot_pool<R>(f: impl FnOnce() -> R) -> R {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let Some(owner) = rayon::current_thread_index() else { return f() };
-    let threads = rayon::current_num_threads();
-    // More pool threads than cores: pollers would take the cores from the threads with work
-    // (`engine-demo` with RAYON_NUM_THREADS=3 on two cores ran 17× slower), so they sleep.
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads < 2 || threads > cores || std::env::var("FLAMINGO_HOT_POOL").as_deref() == Ok("0") {
-        return f();
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    /// Sets the flag however `f` ends (a panic too), so the pollers never outlive it.
-    struct Stop(Arc<AtomicBool>);
-    impl Drop for Stop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
-        }
-    }
-    let _stop = Stop(stop.clone());
-    // One task on every thread of the pool; the owner's copy returns at once (it must not poll
-    // there: the owner may pick it up while waiting inside `f`, which would then never finish).
-    rayon::spawn_broadcast(move |ctx| {
-        if ctx.index() == owner {
-            return;
-        }
-        let mut idle = 0u32;
-        while !stop.load(Ordering::Acquire) {
-            // Runs one pending job of the pool (its own, stolen or injected) if there is one.
-            if let Some(rayon::Yield::Idle) = rayon::yield_now() {
-                idle += 1;
-                if idle % 256 == 0 {
-                    // Every ~50 µs of finding nothing, let the OS run another thread on this
-                    // core if one waits (another process, or a pool thread it descheduled).
-                    std::thread::yield_now();
-                } else {
-                    for _ in 0..4 {
-                        std::hint::spin_loop();
-                    }
-                }
-            } else {
-                idle = 0;
-            }
-        }
-    });
-    f()
+    flamingo_kernels::cpu::parallel::hot_region(f)
 }
 
 #[cfg(test)]
