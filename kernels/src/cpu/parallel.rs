@@ -118,7 +118,7 @@ fn poll() {
             continue;
         }
         idle = idle.wrapping_add(1);
-        if idle % 256 == 0 {
+        if idle.is_multiple_of(256) {
             if idle_since.get_or_insert_with(Instant::now).elapsed() > IDLE_BUDGET {
                 return;
             }
