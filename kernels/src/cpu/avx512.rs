@@ -1,7 +1,6 @@
 //! AVX-512 versions of the AVX2 kernels in [`super::avx2`] that showed in profiles (exact GELU,
 //! forward and backward): the same operations in the same order on 16 lanes instead of 8, so they
 //! give the same bits, with the tail (fewer than 16 elements) left to the AVX2 version.
-#![cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernels in this module (AVX-512F, plus AVX2+FMA for the tails).

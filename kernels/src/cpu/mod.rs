@@ -1,6 +1,7 @@
 //! CPU kernels, one file per kernel family.
 #[cfg(target_arch = "x86_64")]
 pub mod avx2;
+#[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod causal_attention;
 pub mod conv;

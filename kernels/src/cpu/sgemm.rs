@@ -475,12 +475,18 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize,
         // Edge tile: compute into a scratch tile, then copy the valid part.
         let mut t = [0.0f32; MR * NR];
         kernel_6x16(kc, a, b, t.as_mut_ptr(), NR as isize, false);
-        for i in 0..rows {
-            let row = c.offset(i as isize * rsc);
-            for j in 0..cols {
-                let v = t[i * NR + j];
-                *row.add(j) = if load_c { *row.add(j) + v } else { v };
-            }
+        store_part(&t, NR, c, rsc, rows, cols, load_c);
+    }
+}
+
+/// Writes (or adds, with `load_c`) the top-left `rows × cols` of a scratch tile `t` (row stride
+/// `ld`) into C.
+#[inline]
+unsafe fn store_part(t: &[f32], ld: usize, c: *mut f32, rsc: isize, rows: usize, cols: usize, load_c: bool) {
+    for i in 0..rows {
+        let row = c.offset(i as isize * rsc);
+        for (j, &v) in t[i * ld..i * ld + cols].iter().enumerate() {
+            *row.add(j) = if load_c { *row.add(j) + v } else { v };
         }
     }
 }
@@ -497,13 +503,7 @@ unsafe fn tile_wide(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: i
     } else {
         let mut t = [0.0f32; MR * 2 * NR];
         kernel_6x32(kc, a, b, t.as_mut_ptr(), 2 * NR as isize, false);
-        for i in 0..rows {
-            let row = c.offset(i as isize * rsc);
-            for j in 0..2 * NR {
-                let v = t[i * 2 * NR + j];
-                *row.add(j) = if load_c { *row.add(j) + v } else { v };
-            }
-        }
+        store_part(&t, 2 * NR, c, rsc, rows, 2 * NR, load_c);
     }
 }
 
