@@ -1,5 +1,5 @@
 //! Runs one training step of a preset N times and prints each step's time: a loop to put under
-//! `perf record` / `perf stat` or `FLAMINGO_GEMM_STATS=1` without the harness around it.
+//! `perf record` / `perf stat` or `FLAMINGO_GEMM_STATS=1` (timed steps only) without the harness around it.
 //!
 //! ```text
 //! cargo run --release -p flamingo-benches --example step_profile -- small 5
@@ -30,6 +30,8 @@ fn main() {
         });
         step();
         println!("{preset}: build + first step {:.1} ms", t.elapsed().as_secs_f64() * 1e3);
+        // The GEMM table then covers the timed steps only.
+        flamingo_kernels::cpu::gemm::stats::reset();
         let mut times = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t = Instant::now();

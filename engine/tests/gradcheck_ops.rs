@@ -120,6 +120,22 @@ proptest! {
     }
 
     #[test]
+    fn rms_norm(rows in 1usize..4, n in 2usize..7, seed in 0u64..1000) {
+        let x = rand(&[rows, n], -2.0, 2.0, seed);
+        let g = rand(&[n], 0.5, 1.5, seed + 1);
+        gradcheck("rms_norm", |t| t[0].rms_norm(Some(&t[1]), 1e-5), &[x.clone(), g]);
+        gradcheck("rms_norm no weight (transposed input)", |t| t[0].t()?.rms_norm(None, 1e-5), &[x]);
+    }
+
+    #[test]
+    fn swiglu(shape in prop::collection::vec(1usize..=4, 2..=3), seed in 0u64..1000) {
+        let a = rand(&shape, -3.0, 3.0, seed);
+        let b = rand(&shape, -1.0, 1.0, seed + 1);
+        gradcheck("swiglu", |t| t[0].swiglu(&t[1]), &[a.clone(), b.clone()]);
+        gradcheck("swiglu (transposed operands)", |t| t[0].t()?.swiglu(&t[1].t()?), &[a, b]);
+    }
+
+    #[test]
     fn indexing_and_joining(v in 2usize..6, d in 1usize..4, seed in 0u64..1000) {
         let table = rand(&[v, d], -1.0, 1.0, seed);
         let ids = Tensor::from_vec(vec![0i64, (v - 1) as i64, 1, 0], &[2, 2]).unwrap();
@@ -271,4 +287,43 @@ fn causal_attention_names_bad_shapes() {
     let (cos, sin) = rope_tables(1, 3, 2);
     let e = Tensor::causal_attention(&q, &q, &q, Some((&cos, &sin))).unwrap_err().to_string();
     assert!(e.contains("rotary") && e.contains("[1, 1, 3, 2]"), "{e}");
+}
+
+/// The fused RMSNorm and SwiGLU ops against their compositions of primitive ops in f32, forward
+/// and backward, at a size that spans several parallel chunks (and a row length with a vector
+/// tail). SwiGLU's kernel applies the composition's formulas in the same order: equal bits.
+#[test]
+fn fused_rms_norm_and_swiglu_match_their_compositions() {
+    let mut rng = Rng::new(77);
+    let x = Tensor::uniform(&[300, 67], -2.0, 2.0, DType::F32, &mut rng).requires_grad_(true);
+    let w = Tensor::uniform(&[67], 0.5, 1.5, DType::F32, &mut rng).requires_grad_(true);
+    let dy = Tensor::uniform(&[300, 67], -1.0, 1.0, DType::F32, &mut rng);
+    let run = |fused: bool| {
+        let y = if fused { x.rms_norm(Some(&w), 1e-5) } else { Tensor::rms_norm_reference(&x, Some(&w), 1e-5) }.unwrap();
+        y.backward_with(&dy).unwrap();
+        let out = (y.to_vec::<f32>().unwrap(), x.grad().unwrap().to_vec::<f32>().unwrap(), w.grad().unwrap().to_vec::<f32>().unwrap());
+        x.zero_grad();
+        w.zero_grad();
+        out
+    };
+    let (f, r) = (run(true), run(false));
+    for (name, a, b, tol) in [("output", &f.0, &r.0, 1e-5), ("dx", &f.1, &r.1, 1e-5), ("dweight", &f.2, &r.2, 1e-3)] {
+        let worst = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0f32, f32::max);
+        assert!(worst < tol, "rms_norm {name}: worst relative difference {worst}");
+    }
+
+    let a = Tensor::uniform(&[300, 67], -4.0, 4.0, DType::F32, &mut rng).requires_grad_(true);
+    let b = Tensor::uniform(&[300, 67], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
+    let run = |fused: bool| {
+        let y = if fused { a.swiglu(&b) } else { a.silu().unwrap().mul(&b) }.unwrap();
+        y.backward_with(&dy).unwrap();
+        let out = [y.to_vec::<f32>().unwrap(), a.grad().unwrap().to_vec::<f32>().unwrap(), b.grad().unwrap().to_vec::<f32>().unwrap()];
+        a.zero_grad();
+        b.zero_grad();
+        out
+    };
+    let (f, r) = (run(true), run(false));
+    for (name, p, q) in [("output", &f[0], &r[0]), ("da", &f[1], &r[1]), ("db", &f[2], &r[2])] {
+        assert!(p.iter().zip(q.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "swiglu {name} differs from silu·mul");
+    }
 }

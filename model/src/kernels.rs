@@ -1,13 +1,13 @@
 //! The switch between fused kernels and their reference formulations.
 //!
 //! The model uses the engine's fused ops (masked cross-attention, tanh-gated residual, the LM's
-//! causal self-attention) by default
+//! causal self-attention, LLaMA's RMSNorm and SwiGLU gate) by default
 //! on the CPU. `FLAMINGO_REFERENCE_KERNELS=1` in the environment, or [`set_fused`]`(false)`,
 //! switches back to the reference compositions of primitive ops (the dense masked attention of
 //! SPEC §2.5, `x + f·tanh(α)` and masked dense self-attention), which every parity test compares
 //! against. The switch applies on every device: the cross-attention and the gated residual have
-//! CPU and CUDA kernels; the causal self-attention has a CPU kernel and elsewhere runs its
-//! reference composition inside the engine op.
+//! CPU and CUDA kernels; the causal self-attention, RMSNorm and SwiGLU have CPU kernels and
+//! elsewhere run their reference compositions inside the engine ops.
 use flamingo_engine::{Device, Tensor};
 use std::sync::atomic::{AtomicU8, Ordering};
 

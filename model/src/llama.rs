@@ -60,10 +60,24 @@ struct RopeTables {
     sin: Tensor,
 }
 
-/// `x · rsqrt(mean(x²) + eps) · w` over the last axis.
+/// `x · rsqrt(mean(x²) + eps) · w` over the last axis: the engine's fused op, or its composition
+/// of primitive ops under the reference switch ([`crate::kernels`]).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
-    let r = x.square()?.mean(&[-1], true)?.add_scalar(eps)?.rsqrt()?;
-    x.mul(&r)?.mul(w)
+    if crate::kernels::use_fused(x) {
+        x.rms_norm(Some(w), eps)
+    } else {
+        Tensor::rms_norm_reference(x, Some(w), eps)
+    }
+}
+
+/// SwiGLU's gate `silu(gate)·up`: the engine's fused op, or `silu` then a product under the
+/// reference switch (the same bits either way on the CPU; the fused op makes fewer passes).
+fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if crate::kernels::use_fused(gate) {
+        gate.swiglu(up)
+    } else {
+        gate.silu()?.mul(up)
+    }
 }
 
 impl Llama {
@@ -246,7 +260,7 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps;
         let h = h.add(&merge_heads(a)?.linear(g("self_attn.o_proj.weight")?, None)?)?;
         let x = rms_norm(&h, g("post_attention_layernorm.weight")?, eps)?;
-        let m = x.linear(g("mlp.gate_proj.weight")?, None)?.silu()?.mul(&x.linear(g("mlp.up_proj.weight")?, None)?)?;
+        let m = swiglu(&x.linear(g("mlp.gate_proj.weight")?, None)?, &x.linear(g("mlp.up_proj.weight")?, None)?)?;
         h.add(&m.linear(g("mlp.down_proj.weight")?, None)?)
     }
 

@@ -7,6 +7,7 @@ pub mod causal_attention;
 pub mod concat;
 pub mod conv;
 pub mod fused;
+pub mod glu;
 pub mod index;
 pub mod loss;
 pub mod matmul;

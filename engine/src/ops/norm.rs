@@ -1,4 +1,5 @@
-//! Layer normalisation over the last axis, with a fused forward and backward kernel.
+//! Layer normalisation and RMS normalisation over the last axis, each with a fused forward and
+//! backward kernel on the CPU.
 use super::{float_only, needs, via_f32, with_float_type};
 use crate::{Error, Result, Tensor};
 use flamingo_kernels::cpu::norm as k;
@@ -63,5 +64,68 @@ impl Tensor {
                 })
             }))
         })
+    }
+
+    /// RMS normalisation over the last axis (LLaMA's RMSNorm): `x / sqrt(mean(x²) + eps) · weight`,
+    /// `weight` `[n]` or absent. On the CPU (f32, f64, and bf16/f16 via f32) one fused kernel
+    /// computes it in one pass, and its backward in one more; elsewhere it is
+    /// [`Tensor::rms_norm_reference`].
+    ///
+    /// ```
+    /// # use flamingo_engine::Tensor;
+    /// let x = Tensor::from_vec(vec![3.0f32, 4.0], &[1, 2])?;
+    /// let y = x.rms_norm(None, 0.0)?.to_vec::<f32>()?; // rms = sqrt(12.5)
+    /// assert!((y[0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6 && (y[1] - 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+    /// # Ok::<(), flamingo_engine::Error>(())
+    /// ```
+    pub fn rms_norm(&self, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        float_only("rms_norm", self)?;
+        let n = *self.shape().last().ok_or_else(|| Error::shape("rms_norm", self.shape(), "needs at least 1 dimension"))?;
+        if let Some(w) = weight {
+            if w.shape() != [n] {
+                return Err(Error::shape_mismatch("rms_norm", self.shape(), w.shape(), format!("weight must be [{n}]")));
+            }
+            super::same_kind("rms_norm", self, w)?;
+        }
+        if self.device() != crate::Device::Cpu {
+            return Tensor::rms_norm_reference(self, weight, eps);
+        }
+        let w = weight.cloned().unwrap_or_else(|| Tensor::ones(&[n], self.dtype(), self.device()));
+        if let Some(r) = via_f32(&[self, &w], |t| t[0].rms_norm(Some(&t[1]), eps))? {
+            return Ok(r);
+        }
+        let rows = self.numel() / n.max(1);
+        with_float_type!("rms_norm", self.dtype(), T => {
+            let mut out = crate::pool::take::<T>(self.numel());
+            let mut rstd = vec![T::zero(); rows];
+            self.with_contiguous::<T, _>("rms_norm", |x| w.with_contiguous::<T, _>("rms_norm", |ws| {
+                k::rms_norm_rows(x, n, Some(ws), eps, &mut out, &mut rstd)
+            }))??;
+            Ok(Tensor::op_result(out, self.shape(), "rms_norm", &[self, &w], |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let (x, w) = (&inp[0], &inp[1]);
+                    let mut dx = if needs(inp, 0) { Some(crate::pool::take::<T>(x.numel())) } else { None };
+                    let dw = x.with_contiguous::<T, _>("rms_norm_backward", |xs| g.with_contiguous::<T, _>("rms_norm_backward", |gs| w.with_contiguous::<T, _>("rms_norm_backward", |ws| {
+                        k::rms_norm_rows_backward(xs, gs, n, Some(ws), &rstd, dx.as_deref_mut(), needs(inp, 1))
+                    })))???;
+                    Ok(vec![
+                        dx.map(|d| Tensor::from_vec(d, x.shape())).transpose()?,
+                        if needs(inp, 1) { Some(Tensor::from_vec(dw, &[n])?) } else { None },
+                    ])
+                })
+            }))
+        })
+    }
+
+    /// [`Tensor::rms_norm`] composed of primitive ops (square, mean, rsqrt, products), on any
+    /// device: the reference the fused kernel is tested against, and what HuggingFace's
+    /// `LlamaRMSNorm` computes.
+    pub fn rms_norm_reference(x: &Tensor, weight: Option<&Tensor>, eps: f64) -> Result<Tensor> {
+        let r = x.square()?.mean(&[-1], true)?.add_scalar(eps)?.rsqrt()?;
+        let y = x.mul(&r)?;
+        match weight {
+            Some(w) => y.mul(w),
+            None => Ok(y),
+        }
     }
 }

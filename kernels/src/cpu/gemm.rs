@@ -252,6 +252,12 @@ pub mod stats {
         }
     }
 
+    /// Forgets what was collected so far (e.g. the first training step's products, which include
+    /// first-touch page faults of fresh buffers).
+    pub fn reset() {
+        *TABLE.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The collected table, largest total time first, as text (empty when nothing was recorded).
     pub fn report() -> String {
         let g = TABLE.lock().unwrap_or_else(|e| e.into_inner());

@@ -9,6 +9,7 @@ pub mod elementwise;
 pub mod float;
 pub mod gated;
 pub mod gemm;
+pub mod glu;
 pub mod index;
 pub mod loss;
 pub mod norm;
