@@ -267,6 +267,11 @@ impl Tensor {
     pub(crate) fn storage_mut(&self) -> RwLockWriteGuard<'_, Storage> {
         self.0.storage.write().expect("storage lock poisoned")
     }
+    /// Whether this handle is the only way to reach its storage (no clone of the handle, no
+    /// other view of the buffer): then the buffer may be written in place without anyone seeing.
+    pub(crate) fn sole_owner(&self) -> bool {
+        Arc::strong_count(&self.0) == 1 && Arc::weak_count(&self.0) == 0 && Arc::strong_count(&self.0.storage) == 1 && Arc::weak_count(&self.0.storage) == 0
+    }
     /// Whether two tensors share one storage buffer.
     pub fn same_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)

@@ -125,3 +125,26 @@ fn linear_weight_gradient_is_contiguous_and_correct() {
         }
     }
 }
+
+/// Gradients accumulate in place only into buffers nothing else holds: a gradient the caller
+/// took with `grad()` keeps its values when a second backward pass adds to the slot, and the
+/// sums are right whether the in-place path (a residual's two branches, an unheld slot) or the
+/// copying one runs.
+#[test]
+fn accumulation_in_place_never_changes_a_held_gradient() {
+    let x = Tensor::from_vec(vec![1.0f32, -2.0, 3.0], &[3]).unwrap().requires_grad_(true);
+    // x feeds three branches: the second and third contributions accumulate.
+    let loss = || x.mul_scalar(2.0).unwrap().add(&x.square().unwrap()).unwrap().add(&x).unwrap().sum_all().unwrap();
+    loss().backward().unwrap();
+    let first = x.grad().unwrap();
+    let want: Vec<f32> = [1.0f32, -2.0, 3.0].iter().map(|v| 3.0 + 2.0 * v).collect();
+    assert_eq!(first.to_vec::<f32>().unwrap(), want);
+    loss().backward().unwrap(); // the slot's tensor is shared with `first`: not written in place
+    assert_eq!(first.to_vec::<f32>().unwrap(), want, "a held gradient changed");
+    drop(first);
+    let twice: Vec<f32> = want.iter().map(|v| 2.0 * v).collect();
+    assert_eq!(x.grad().unwrap().to_vec::<f32>().unwrap(), twice);
+    loss().backward().unwrap(); // nothing else holds the slot's tensor now: in place
+    let thrice: Vec<f32> = want.iter().map(|v| 3.0 * v).collect();
+    assert_eq!(x.grad().unwrap().to_vec::<f32>().unwrap(), thrice);
+}

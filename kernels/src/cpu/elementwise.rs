@@ -269,6 +269,24 @@ impl BinaryOp {
     }
 }
 
+/// `dst = dst + src` elementwise, in place (gradient accumulation into a buffer nothing else
+/// sees); the same sums, in the same order, as [`binary`] with [`BinaryOp::Add`].
+pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
+    assert_eq!(dst.len(), src.len(), "add_assign: lengths");
+    let n = dst.len();
+    for_each_chunk_mut(dst, CHUNK, n, |ci, d| {
+        let s = &src[ci * CHUNK..ci * CHUNK + d.len()];
+        vectorized(
+            #[inline(always)]
+            || {
+                for i in 0..d.len() {
+                    d[i] = d[i] + s[i];
+                }
+            },
+        )
+    });
+}
+
 /// `out = lhs ⊙ rhs` over `shape`; both operands are strided views over `shape` (stride 0 where
 /// broadcast); `out` is contiguous.
 pub fn binary<T: Float>(op: BinaryOp, lhs: Strided<'_, T>, rhs: Strided<'_, T>, shape: &[usize], out: &mut [T]) {
