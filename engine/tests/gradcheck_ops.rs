@@ -120,6 +120,15 @@ proptest! {
     }
 
     #[test]
+    fn linear_parts(rows in 1usize..4, d in 1usize..4, o1 in 1usize..4, o2 in 1usize..3, seed in 0u64..1000) {
+        let x = rand(&[2, rows, d], -1.0, 1.0, seed);
+        let w1 = rand(&[o1, d], -1.0, 1.0, seed + 1);
+        let w2 = rand(&[o2, d], -1.0, 1.0, seed + 2);
+        gradcheck("linear_parts", |t| t[0].linear_parts(&[&t[1], &t[2]]), &[x.clone(), w1.clone(), w2.clone()]);
+        gradcheck("linear_parts (three blocks, transposed x)", |t| t[0].transpose(0, 1)?.linear_parts(&[&t[1], &t[2], &t[1]]), &[x, w1, w2]);
+    }
+
+    #[test]
     fn rms_norm(rows in 1usize..4, n in 2usize..7, seed in 0u64..1000) {
         let x = rand(&[rows, n], -2.0, 2.0, seed);
         let g = rand(&[n], 0.5, 1.5, seed + 1);
@@ -326,4 +335,33 @@ fn fused_rms_norm_and_swiglu_match_their_compositions() {
     for (name, p, q) in [("output", &f[0], &r[0]), ("da", &f[1], &r[1]), ("db", &f[2], &r[2])] {
         assert!(p.iter().zip(q.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "swiglu {name} differs from silu·mul");
     }
+}
+
+/// `linear_parts` against `linear` on the concatenated weight in f32, with the big block frozen
+/// (no gradient formed for it) and the small one trainable.
+#[test]
+fn linear_parts_matches_linear_on_the_concatenation() {
+    let mut rng = Rng::new(5);
+    let x = Tensor::uniform(&[3, 40, 24], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
+    let table = Tensor::uniform(&[50, 24], -1.0, 1.0, DType::F32, &mut rng);
+    let extra = Tensor::uniform(&[2, 24], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
+    let dy = Tensor::uniform(&[3, 40, 52], -1.0, 1.0, DType::F32, &mut rng);
+    let run = |parts: bool| {
+        let y = if parts { x.linear_parts(&[&table, &extra]) } else { x.linear(&Tensor::concat(&[&table, &extra], 0).unwrap(), None) }.unwrap();
+        assert_eq!(y.shape(), [3, 40, 52]);
+        y.backward_with(&dy).unwrap();
+        let out = [y.to_vec::<f32>().unwrap(), x.grad().unwrap().to_vec::<f32>().unwrap(), extra.grad().unwrap().to_vec::<f32>().unwrap()];
+        x.zero_grad();
+        extra.zero_grad();
+        out
+    };
+    let (p, c) = (run(true), run(false));
+    for (name, a, b) in [("output", &p[0], &c[0]), ("dx", &p[1], &c[1]), ("d extra", &p[2], &c[2])] {
+        let worst = a.iter().zip(b.iter()).map(|(u, v)| (u - v).abs() / (1.0 + v.abs())).fold(0.0f32, f32::max);
+        assert!(worst < 1e-5, "linear_parts {name}: worst relative difference {worst}");
+    }
+    assert!(table.grad().is_none());
+    let bad = Tensor::zeros(&[2, 23], DType::F32, Default::default());
+    let err = x.linear_parts(&[&table, &bad]).unwrap_err().to_string();
+    assert!(err.contains("[2, 23]"), "the error names the offending block's shape: {err}");
 }

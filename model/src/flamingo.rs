@@ -144,8 +144,10 @@ impl Flamingo {
 
     fn run(&self, p: &ParamStore, ids: &Tensor, media: Option<&Tensor>, t: Option<Tensor>) -> Result<Tensor> {
         let new_rows = p.require(NEW_TOKENS)?;
-        let table = self.lm.input_table(p, Some(new_rows))?;
-        let mut h = self.lm.embed(p, &table, ids, 0)?;
+        // The LM's (frozen) table and the new tokens' rows as two blocks (no concatenation, and
+        // no gradient formed for the frozen one).
+        let table = self.lm.input_table(p, None)?;
+        let mut h = self.lm.embed(p, &[&table, new_rows], ids, 0)?;
         let t = match (media, t) {
             (Some(_), Some(t)) => Some(t),
             (Some(_), None) => Some(media_index(ids, self.media_token_id())?),
@@ -162,7 +164,9 @@ impl Flamingo {
             }
             h = self.lm.block_cached(p, i, &h, None)?;
         }
-        self.lm.head(p, &self.lm.output_table(p, Some(new_rows))?, &h)
+        // The LM's (frozen) table and the new tokens' rows as two blocks: no gradient is
+        // formed for the frozen one.
+        self.lm.head(p, &[&self.lm.output_table(p, None)?, new_rows], &h)
     }
 
     /// Logits `[b, l, vocab + 2]` for token ids `[b, l]` and visual tokens `[b, m, R, dv]`
@@ -253,8 +257,8 @@ impl Flamingo {
         }
         let layout = RowLayout { positions: Some(&positions), key_valid: state.key_valid.as_ref() };
         let new_rows = p.require(NEW_TOKENS)?;
-        let table = self.lm.input_table(p, Some(new_rows))?;
-        let mut h = self.lm.embed_at(p, &table, ids, &positions)?;
+        let table = self.lm.input_table(p, None)?;
+        let mut h = self.lm.embed_at(p, &[&table, new_rows], ids, &positions)?;
         let t = media_index_from(ids, self.media_token_id(), &state.seen_media)?;
         for i in 0..self.cfg.lm.num_layers() {
             if let (Some(block), Some(kv)) = (&self.blocks[i], &state.media_kv[i]) {
@@ -276,7 +280,9 @@ impl Flamingo {
             }
         }
         state.len += l;
-        self.lm.head(p, &self.lm.output_table(p, Some(new_rows))?, &h)
+        // The LM's (frozen) table and the new tokens' rows as two blocks: no gradient is
+        // formed for the frozen one.
+        self.lm.head(p, &[&self.lm.output_table(p, None)?, new_rows], &h)
     }
 
     /// Greedy decoding: feeds `prompt [b, l]`, then appends the most likely token until

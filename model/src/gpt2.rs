@@ -111,21 +111,22 @@ impl Gpt2 {
         }
     }
 
-    /// Token + position embeddings: `ids [b, l]` (i64) → `[b, l, d]`, positions from `offset`.
-    pub fn embed(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, offset: usize) -> Result<Tensor> {
+    /// Token + position embeddings: `ids [b, l]` (i64) → `[b, l, d]`, positions from `offset`;
+    /// the token table as row blocks ([`Tensor::embedding_parts`]).
+    pub fn embed(&self, p: &ParamStore, table: &[&Tensor], ids: &Tensor, offset: usize) -> Result<Tensor> {
         let l = ids.shape()[1];
         if offset + l > self.cfg.n_positions {
             return Err(Error::Msg(format!("gpt2: sequence of {} tokens exceeds n_positions = {}", offset + l, self.cfg.n_positions)));
         }
         let pos = self.w(p, "wpe.weight")?.narrow(0, offset, l)?;
-        table.embedding(ids)?.add(&pos)
+        Tensor::embedding_parts(table, ids)?.add(&pos)
     }
 
     /// Token + position embeddings with explicit per-row positions (`b·l` values).
-    pub fn embed_at(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
+    pub fn embed_at(&self, p: &ParamStore, table: &[&Tensor], ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
         let (b, l) = (ids.shape()[0], ids.shape()[1]);
         let pos = Tensor::from_vec(positions.to_vec(), &[b, l])?;
-        table.embedding(ids)?.add(&self.w(p, "wpe.weight")?.embedding(&pos)?)
+        Tensor::embedding_parts(table, ids)?.add(&self.w(p, "wpe.weight")?.embedding(&pos)?)
     }
 
     /// One transformer block (pre-LN causal self-attention, then the MLP): `[b, l, d]` → same.
@@ -177,20 +178,21 @@ impl Gpt2 {
         h.add(&m)
     }
 
-    /// Final layer norm and the tied output head: `[b, l, d]` → logits `[b, l, rows of table]`.
-    pub fn head(&self, p: &ParamStore, table: &Tensor, h: &Tensor) -> Result<Tensor> {
+    /// Final layer norm and the tied output head: `[b, l, d]` → logits `[b, l, rows of table]`,
+    /// the table given as row blocks ([`Tensor::linear_parts`]).
+    pub fn head(&self, p: &ParamStore, table: &[&Tensor], h: &Tensor) -> Result<Tensor> {
         let x = h.layer_norm(Some(self.w(p, "ln_f.weight")?), Some(self.w(p, "ln_f.bias")?), self.cfg.layer_norm_epsilon)?;
-        x.linear(table, None)
+        x.linear_parts(table)
     }
 
     /// The whole LM: `ids [b, l]` → logits `[b, l, vocab]`.
     pub fn forward(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
         let table = self.embedding_table(p, None)?;
-        let mut h = self.embed(p, &table, ids, 0)?;
+        let mut h = self.embed(p, &[&table], ids, 0)?;
         for i in 0..self.cfg.n_layer {
             h = self.block(p, i, &h)?;
         }
-        self.head(p, &table, &h)
+        self.head(p, &[&table], &h)
     }
 
     /// HuggingFace's LM loss: mean next-token cross-entropy of `logits [b, l, v]` against `ids`

@@ -179,9 +179,10 @@ impl Llama {
         flamingo_engine::ops::causal_attention::rope_reference(x, cos, sin)
     }
 
-    /// Token embeddings `[b, l, d]` (positions enter through the rotary embedding, in blocks).
-    pub fn embed(&self, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-        table.embedding(ids)
+    /// Token embeddings `[b, l, d]` (positions enter through the rotary embedding, in blocks);
+    /// the table as row blocks ([`Tensor::embedding_parts`]).
+    pub fn embed(&self, table: &[&Tensor], ids: &Tensor) -> Result<Tensor> {
+        Tensor::embedding_parts(table, ids)
     }
 
     /// The token shift (when configured): `e [b, l, d]` → `e + s ⊙ e_prev`, where `e_prev` is `e`
@@ -264,18 +265,19 @@ impl Llama {
         h.add(&m.linear(g("mlp.down_proj.weight")?, None)?)
     }
 
-    /// Final RMSNorm and the output projection onto `table` rows.
-    pub fn head(&self, p: &ParamStore, table: &Tensor, h: &Tensor) -> Result<Tensor> {
-        rms_norm(h, self.w(p, "model.norm.weight")?, self.cfg.rms_norm_eps)?.linear(table, None)
+    /// Final RMSNorm and the output projection onto the rows of `table`, given as row blocks
+    /// ([`Tensor::linear_parts`]).
+    pub fn head(&self, p: &ParamStore, table: &[&Tensor], h: &Tensor) -> Result<Tensor> {
+        rms_norm(h, self.w(p, "model.norm.weight")?, self.cfg.rms_norm_eps)?.linear_parts(table)
     }
 
     /// The whole LM: `ids [b, l]` → logits `[b, l, vocab]`.
     pub fn forward(&self, p: &ParamStore, ids: &Tensor) -> Result<Tensor> {
-        let e = self.embed(&self.embedding_table(p, None)?, ids)?;
+        let e = self.embed(&[&self.embedding_table(p, None)?], ids)?;
         let mut h = self.shift(p, &e, None)?;
         for i in 0..self.cfg.num_hidden_layers {
             h = self.block_cached(p, i, &h, None)?;
         }
-        self.head(p, &self.output_table(p, None)?, &h)
+        self.head(p, &[&self.output_table(p, None)?], &h)
     }
 }

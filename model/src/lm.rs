@@ -64,15 +64,16 @@ impl Lm {
             Lm::Llama(m) => m.output_table(p, extra),
         }
     }
-    /// `ids [b, l]` at positions `offset..` → hidden states `[b, l, d]`.
-    pub fn embed(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, offset: usize) -> Result<Tensor> {
+    /// `ids [b, l]` at positions `offset..` → hidden states `[b, l, d]`. The table is given as
+    /// row blocks (e.g. the LM's table and the new tokens' rows; [`Tensor::embedding_parts`]).
+    pub fn embed(&self, p: &ParamStore, table: &[&Tensor], ids: &Tensor, offset: usize) -> Result<Tensor> {
         match self {
             Lm::Gpt2(m) => m.embed(p, table, ids, offset),
             Lm::Llama(m) => m.embed(table, ids),
         }
     }
     /// Embeddings with explicit per-row positions (`b·l` values; LLaMA's enter in the blocks).
-    pub fn embed_at(&self, p: &ParamStore, table: &Tensor, ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
+    pub fn embed_at(&self, p: &ParamStore, table: &[&Tensor], ids: &Tensor, positions: &[i64]) -> Result<Tensor> {
         match self {
             Lm::Gpt2(m) => m.embed_at(p, table, ids, positions),
             Lm::Llama(m) => m.embed(table, ids),
@@ -110,8 +111,10 @@ impl Lm {
             Lm::Llama(m) => m.forward(p, ids),
         }
     }
-    /// Final norm and projection onto `table` → logits.
-    pub fn head(&self, p: &ParamStore, table: &Tensor, h: &Tensor) -> Result<Tensor> {
+    /// Final norm and projection onto the rows of `table` → logits. The table is given as row
+    /// blocks (e.g. the LM's output table and the new tokens' rows), so a frozen block gets no
+    /// gradient ([`Tensor::linear_parts`]).
+    pub fn head(&self, p: &ParamStore, table: &[&Tensor], h: &Tensor) -> Result<Tensor> {
         match self {
             Lm::Gpt2(m) => m.head(p, table, h),
             Lm::Llama(m) => m.head(p, table, h),

@@ -1,4 +1,5 @@
-//! Gathering along an axis: `index_select` and `embedding`, with scatter-add backward.
+//! Gathering along an axis: `index_select`, `embedding` and `embedding_parts`, with scatter-add
+//! backward.
 use super::{float_only, via_f32, with_float_type};
 use crate::layout::axis;
 use crate::{DType, Error, FloatElement, Result, Tensor};
@@ -81,5 +82,96 @@ impl Tensor {
         let mut shape = ids.shape().to_vec();
         shape.push(self.shape()[1]);
         rows.reshape(&shape)
+    }
+
+    /// Rows `ids` (i64, any shape) of the table `concat(parts, 0)`, each part `[rows_i, dim]`
+    /// → `[..ids, dim]`: the values of `Tensor::concat(parts, 0)?.embedding(ids)`, without forming
+    /// the concatenation, and with gradients scattered only into the parts that require them.
+    ///
+    /// Flamingo looks its tokens up in the LM's frozen `[vocab, d]` table plus two trainable
+    /// rows. Through a concatenation, each step copied the whole table and its backward
+    /// scattered into a zeroed `[vocab + 2, d]` gradient to keep two rows of it. Off the CPU this
+    /// is that concatenation.
+    ///
+    /// ```
+    /// # use flamingo_engine::Tensor;
+    /// let frozen = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2])?;
+    /// let extra = Tensor::from_vec(vec![9.0f32, 9.0], &[1, 2])?.requires_grad_(true);
+    /// let ids = Tensor::from_vec(vec![2i64, 0, 2], &[3])?;
+    /// let e = Tensor::embedding_parts(&[&frozen, &extra], &ids)?;
+    /// assert_eq!(e.to_vec::<f32>()?, vec![9.0, 9.0, 1.0, 2.0, 9.0, 9.0]);
+    /// e.sum_all()?.backward()?;
+    /// assert_eq!(extra.grad().unwrap().to_vec::<f32>()?, vec![2.0, 2.0]);
+    /// # Ok::<(), flamingo_engine::Error>(())
+    /// ```
+    pub fn embedding_parts(parts: &[&Tensor], ids: &Tensor) -> Result<Tensor> {
+        let first = *parts.first().ok_or_else(|| Error::Msg("embedding_parts: needs at least one table block".into()))?;
+        for p in parts {
+            if p.rank() != 2 || p.shape()[1] != first.shape()[1] {
+                return Err(Error::shape_mismatch("embedding_parts", first.shape(), p.shape(), "table blocks must be [rows, dim] with one dim"));
+            }
+            float_only("embedding_parts", p)?;
+            super::same_kind("embedding_parts", first, p)?;
+        }
+        if parts.len() == 1 {
+            return first.embedding(ids);
+        }
+        if first.device() != crate::Device::Cpu {
+            return Tensor::concat(parts, 0)?.embedding(ids);
+        }
+        if let Some(r) = via_f32(parts, |t| Tensor::embedding_parts(&t.iter().collect::<Vec<_>>(), ids))? {
+            return Ok(r);
+        }
+        let d = first.shape()[1];
+        let mut starts = vec![0usize];
+        for p in parts {
+            starts.push(starts.last().unwrap() + p.shape()[0]);
+        }
+        let idx = checked_indices("embedding_parts", &ids.flatten_all()?, *starts.last().unwrap())?;
+        // (block, row within the block) of each index.
+        let at: Vec<(usize, usize)> = idx
+            .iter()
+            .map(|&r| {
+                let b = starts.partition_point(|&s| s <= r) - 1;
+                (b, r - starts[b])
+            })
+            .collect();
+        let mut shape = ids.shape().to_vec();
+        shape.push(d);
+        with_float_type!("embedding_parts", first.dtype(), T => {
+            let mut out = crate::pool::take::<T>(at.len() * d);
+            for (b, p) in parts.iter().enumerate() {
+                p.with_contiguous::<T, _>("embedding_parts", |ws| {
+                    for (o, &(pb, r)) in out.chunks_mut(d.max(1)).zip(&at) {
+                        if pb == b {
+                            o.copy_from_slice(&ws[r * d..(r + 1) * d]);
+                        }
+                    }
+                })?;
+            }
+            let rows: Vec<usize> = parts.iter().map(|p| p.shape()[0]).collect();
+            let e = Tensor::op_result(out, &[at.len(), d], "embedding_parts", parts, |_| {
+                Box::new(move |g: &Tensor, inp: &[Tensor]| {
+                    let mut grads = Vec::with_capacity(inp.len());
+                    for (b, &n) in rows.iter().enumerate() {
+                        if !super::needs(inp, b) {
+                            grads.push(None);
+                            continue;
+                        }
+                        let mut dw = vec![T::zero(); n * d];
+                        g.with_contiguous::<T, _>("embedding_parts_backward", |gs| {
+                            for (gr, &(pb, r)) in gs.chunks(d.max(1)).zip(&at) {
+                                if pb == b {
+                                    dw[r * d..(r + 1) * d].iter_mut().zip(gr).for_each(|(a, v)| *a += *v);
+                                }
+                            }
+                        })?;
+                        grads.push(Some(Tensor::from_vec(dw, &[n, d])?));
+                    }
+                    Ok(grads)
+                })
+            });
+            e.reshape(&shape)
+        })
     }
 }

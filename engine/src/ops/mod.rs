@@ -9,6 +9,7 @@ pub mod conv;
 pub mod fused;
 pub mod glu;
 pub mod index;
+pub mod linear_parts;
 pub mod loss;
 pub mod matmul;
 pub mod norm;
