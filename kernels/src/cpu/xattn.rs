@@ -550,20 +550,34 @@ unsafe fn gather_heads(src: *const f32, n: usize, hd: usize, h0: usize, hg: usiz
 /// again here, and plain stores would first read every destination line from memory. For an
 /// output that grows with M (dk, dv) that read was most of the extra time at larger M.
 ///
+/// `stream` (see [`streams`]) picks the non-temporal stores; plain copies otherwise.
+///
 /// # Safety
 /// The destination rows must be in bounds and not aliased; `src` holds `rows·cols` elements.
 #[inline]
-unsafe fn scatter_rows(src: &[f32], rows: usize, cols: usize, dst: *mut f32, dst_rs: usize) {
+unsafe fn scatter_rows(src: &[f32], rows: usize, cols: usize, dst: *mut f32, dst_rs: usize, stream: bool) {
     let src = &src[..rows * cols];
     #[cfg(target_arch = "x86_64")]
     {
-        if super::avx2::available() {
+        if stream && super::avx2::available() {
             return kern_avx2::stream_rows(src.as_ptr(), rows, cols, dst, dst_rs);
         }
     }
     for r in 0..rows {
         std::ptr::copy_nonoverlapping(src.as_ptr().add(r * cols), dst.add(r * dst_rs), cols);
     }
+}
+
+/// Outputs of at least this many bytes are written with non-temporal stores.
+const STREAM_MIN_BYTES: usize = 2 << 20;
+
+/// Whether an output of `len` floats is written with non-temporal stores. A large output
+/// (the 4–8 MiB ones of the benchmark shape) would only evict the inputs from cache, and plain
+/// stores read each line first; a small one is read back from cache by the next op (the output
+/// projection). The `tiny` training step's outputs are a few KiB: there the streaming copy was
+/// 1.9 % of the step's samples (session 12, `perf`).
+fn streams(len: usize) -> bool {
+    len * std::mem::size_of::<f32>() >= STREAM_MIN_BYTES
 }
 
 /// `dst[e·n + j] = src[j·d + e]`: a contiguous `[n, d]` into a contiguous `[d, n]`.
@@ -774,6 +788,7 @@ pub fn masked_xattn_forward(
         XAttnMode::AllPrevious => mr,
     };
     let groups = head_groups(tl.len(), s.h);
+    let stream_o = streams(o.len());
     let hpg = s.h.div_ceil(groups);
     let groups = s.h.div_ceil(hpg); // every group non-empty
     let (op, lp) = (SyncPtr(o.as_mut_ptr()), SyncPtr(lse.as_mut_ptr()));
@@ -807,7 +822,7 @@ pub fn masked_xattn_forward(
                 // O = P V = (Sᵀ)ᵀ V  [len × D], into the [len, hg·D] output block
                 small_mm(len, d, n, st.as_ptr(), 1, len, vh.as_ptr(), d, sc.o.as_mut_ptr().add(g * d), hg * d, false);
             }
-            scatter_rows(&sc.o, len, hg * d, op.get().add(row0 + h0 * d), hd);
+            scatter_rows(&sc.o, len, hg * d, op.get().add(row0 + h0 * d), hd, stream_o);
         }
     };
     let run = |item: usize| {
@@ -933,6 +948,7 @@ pub fn masked_xattn_backward(
         XAttnMode::OnlyImmediate => s.r,
         XAttnMode::AllPrevious => mr,
     };
+    let (stream_dq, stream_kv) = (streams(dq.len()), streams(dk.len()));
     let groups = head_groups(s.b, s.h);
     let hpg = s.h.div_ceil(groups);
     let groups = s.h.div_ceil(hpg); // every group non-empty
@@ -1018,14 +1034,14 @@ pub fn masked_xattn_backward(
                         small_mm(s.r, d, len, p.as_ptr().add(j0 * len), len, 1, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
                     }
                 }
-                scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd);
+                scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd, stream_dq);
                 for m in k0 / s.r..(k0 + n) / s.r {
                     if sc.last[m] == ti {
                         let slot = std::mem::replace(&mut sc.slot[m], usize::MAX);
                         let blk = &sc.dk[slot * s.r * hg * d..(slot + 1) * s.r * hg * d];
-                        scatter_rows(blk, s.r, hg * d, dkp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
+                        scatter_rows(blk, s.r, hg * d, dkp.get().add((b * mr + m * s.r) * hd + h0 * d), hd, stream_kv);
                         let blk = &sc.dv[slot * s.r * hg * d..(slot + 1) * s.r * hg * d];
-                        scatter_rows(blk, s.r, hg * d, dvp.get().add((b * mr + m * s.r) * hd + h0 * d), hd);
+                        scatter_rows(blk, s.r, hg * d, dvp.get().add((b * mr + m * s.r) * hd + h0 * d), hd, stream_kv);
                         sc.free.push(slot);
                     }
                 }
