@@ -1315,8 +1315,10 @@ mod tests {
         media[..3].fill(0);
         out.push(Case { s, media });
         // The benchmark's head count, head size and token count (full 64-token tiles, 8 heads of
-        // 64), with random media rows.
-        let s = XAttnShape { b: 2, t: 256, m: 4, r: 64, h: 8, d: 64 };
+        // 64), with random media rows; four rows make every output 2 MiB, so this case writes
+        // with non-temporal stores (`streams`) and the smaller ones with plain stores.
+        let s = XAttnShape { b: 4, t: 256, m: 4, r: 64, h: 8, d: 64 };
+        assert!(streams(s.q_len()) && streams(s.kv_len()));
         let media = random_media(&mut rng, s.b, s.t, s.m);
         out.push(Case { s, media });
         out
