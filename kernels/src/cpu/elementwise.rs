@@ -280,7 +280,7 @@ pub fn add_assign<T: Float>(dst: &mut [T], src: &[T]) {
             #[inline(always)]
             || {
                 for i in 0..d.len() {
-                    d[i] = d[i] + s[i];
+                    d[i] += s[i];
                 }
             },
         )
