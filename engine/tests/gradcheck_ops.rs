@@ -298,6 +298,22 @@ fn causal_attention_names_bad_shapes() {
     assert!(e.contains("rotary") && e.contains("[1, 1, 3, 2]"), "{e}");
 }
 
+/// `y`'s values and the gradients that `dy` sends to each of `wrt` (cleared afterwards), in f32.
+fn values_and_grads(y: Tensor, dy: &Tensor, wrt: &[&Tensor]) -> Vec<Vec<f32>> {
+    y.backward_with(dy).unwrap();
+    let mut out = vec![y.to_vec::<f32>().unwrap()];
+    for t in wrt {
+        out.push(t.grad().unwrap().to_vec::<f32>().unwrap());
+        t.zero_grad();
+    }
+    out
+}
+
+/// Largest `|a − b| / (1 + |b|)` over two equally long slices.
+fn worst_relative(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(u, v)| (u - v).abs() / (1.0 + v.abs())).fold(0.0, f32::max)
+}
+
 /// The fused RMSNorm and SwiGLU ops against their compositions of primitive ops in f32, forward
 /// and backward, at a size that spans several parallel chunks (and a row length with a vector
 /// tail). SwiGLU's kernel applies the composition's formulas in the same order: equal bits.
@@ -307,33 +323,19 @@ fn fused_rms_norm_and_swiglu_match_their_compositions() {
     let x = Tensor::uniform(&[300, 67], -2.0, 2.0, DType::F32, &mut rng).requires_grad_(true);
     let w = Tensor::uniform(&[67], 0.5, 1.5, DType::F32, &mut rng).requires_grad_(true);
     let dy = Tensor::uniform(&[300, 67], -1.0, 1.0, DType::F32, &mut rng);
-    let run = |fused: bool| {
-        let y = if fused { x.rms_norm(Some(&w), 1e-5) } else { Tensor::rms_norm_reference(&x, Some(&w), 1e-5) }.unwrap();
-        y.backward_with(&dy).unwrap();
-        let out = (y.to_vec::<f32>().unwrap(), x.grad().unwrap().to_vec::<f32>().unwrap(), w.grad().unwrap().to_vec::<f32>().unwrap());
-        x.zero_grad();
-        w.zero_grad();
-        out
-    };
-    let (f, r) = (run(true), run(false));
-    for (name, a, b, tol) in [("output", &f.0, &r.0, 1e-5), ("dx", &f.1, &r.1, 1e-5), ("dweight", &f.2, &r.2, 1e-3)] {
-        let worst = a.iter().zip(b.iter()).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0f32, f32::max);
+    let f = values_and_grads(x.rms_norm(Some(&w), 1e-5).unwrap(), &dy, &[&x, &w]);
+    let r = values_and_grads(Tensor::rms_norm_reference(&x, Some(&w), 1e-5).unwrap(), &dy, &[&x, &w]);
+    for (i, (name, tol)) in [("output", 1e-5), ("dx", 1e-5), ("dweight", 1e-3)].into_iter().enumerate() {
+        let worst = worst_relative(&f[i], &r[i]);
         assert!(worst < tol, "rms_norm {name}: worst relative difference {worst}");
     }
 
     let a = Tensor::uniform(&[300, 67], -4.0, 4.0, DType::F32, &mut rng).requires_grad_(true);
     let b = Tensor::uniform(&[300, 67], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
-    let run = |fused: bool| {
-        let y = if fused { a.swiglu(&b) } else { a.silu().unwrap().mul(&b) }.unwrap();
-        y.backward_with(&dy).unwrap();
-        let out = [y.to_vec::<f32>().unwrap(), a.grad().unwrap().to_vec::<f32>().unwrap(), b.grad().unwrap().to_vec::<f32>().unwrap()];
-        a.zero_grad();
-        b.zero_grad();
-        out
-    };
-    let (f, r) = (run(true), run(false));
-    for (name, p, q) in [("output", &f[0], &r[0]), ("da", &f[1], &r[1]), ("db", &f[2], &r[2])] {
-        assert!(p.iter().zip(q.iter()).all(|(x, y)| x.to_bits() == y.to_bits()), "swiglu {name} differs from silu·mul");
+    let f = values_and_grads(a.swiglu(&b).unwrap(), &dy, &[&a, &b]);
+    let r = values_and_grads(a.silu().unwrap().mul(&b).unwrap(), &dy, &[&a, &b]);
+    for (i, name) in ["output", "da", "db"].into_iter().enumerate() {
+        assert!(f[i].iter().zip(&r[i]).all(|(x, y)| x.to_bits() == y.to_bits()), "swiglu {name} differs from silu·mul");
     }
 }
 
@@ -346,22 +348,38 @@ fn linear_parts_matches_linear_on_the_concatenation() {
     let table = Tensor::uniform(&[50, 24], -1.0, 1.0, DType::F32, &mut rng);
     let extra = Tensor::uniform(&[2, 24], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
     let dy = Tensor::uniform(&[3, 40, 52], -1.0, 1.0, DType::F32, &mut rng);
-    let run = |parts: bool| {
-        let y = if parts { x.linear_parts(&[&table, &extra]) } else { x.linear(&Tensor::concat(&[&table, &extra], 0).unwrap(), None) }.unwrap();
-        assert_eq!(y.shape(), [3, 40, 52]);
-        y.backward_with(&dy).unwrap();
-        let out = [y.to_vec::<f32>().unwrap(), x.grad().unwrap().to_vec::<f32>().unwrap(), extra.grad().unwrap().to_vec::<f32>().unwrap()];
-        x.zero_grad();
-        extra.zero_grad();
-        out
-    };
-    let (p, c) = (run(true), run(false));
-    for (name, a, b) in [("output", &p[0], &c[0]), ("dx", &p[1], &c[1]), ("d extra", &p[2], &c[2])] {
-        let worst = a.iter().zip(b.iter()).map(|(u, v)| (u - v).abs() / (1.0 + v.abs())).fold(0.0f32, f32::max);
+    let y = x.linear_parts(&[&table, &extra]).unwrap();
+    assert_eq!(y.shape(), [3, 40, 52]);
+    let p = values_and_grads(y, &dy, &[&x, &extra]);
+    let c = values_and_grads(x.linear(&Tensor::concat(&[&table, &extra], 0).unwrap(), None).unwrap(), &dy, &[&x, &extra]);
+    for (i, name) in ["output", "dx", "d extra"].into_iter().enumerate() {
+        let worst = worst_relative(&p[i], &c[i]);
         assert!(worst < 1e-5, "linear_parts {name}: worst relative difference {worst}");
     }
     assert!(table.grad().is_none());
     let bad = Tensor::zeros(&[2, 23], DType::F32, Default::default());
     let err = x.linear_parts(&[&table, &bad]).unwrap_err().to_string();
     assert!(err.contains("[2, 23]"), "the error names the offending block's shape: {err}");
+}
+
+/// `embedding_parts` against `embedding` of the concatenated table in f32: the same rows, the
+/// same gradient for the trainable block (ids hitting both blocks, repeated ids), none formed for
+/// the frozen block, and an out-of-range id named in the error.
+#[test]
+fn embedding_parts_matches_embedding_of_the_concatenation() {
+    let mut rng = Rng::new(9);
+    let table = Tensor::uniform(&[30, 8], -1.0, 1.0, DType::F32, &mut rng);
+    let extra = Tensor::uniform(&[2, 8], -1.0, 1.0, DType::F32, &mut rng).requires_grad_(true);
+    let ids = Tensor::from_vec(vec![31i64, 0, 30, 29, 31, 5, 30, 30], &[2, 4]).unwrap();
+    let dy = Tensor::uniform(&[2, 4, 8], -1.0, 1.0, DType::F32, &mut rng);
+    let p = values_and_grads(Tensor::embedding_parts(&[&table, &extra], &ids).unwrap(), &dy, &[&extra]);
+    let c = values_and_grads(Tensor::concat(&[&table, &extra], 0).unwrap().embedding(&ids).unwrap(), &dy, &[&extra]);
+    for (i, name) in ["rows", "d extra"].into_iter().enumerate() {
+        let worst = worst_relative(&p[i], &c[i]);
+        assert!(worst < 1e-6, "embedding_parts {name}: worst relative difference {worst}");
+    }
+    assert!(table.grad().is_none());
+    let bad = Tensor::from_vec(vec![32i64], &[1]).unwrap();
+    let err = Tensor::embedding_parts(&[&table, &extra], &bad).unwrap_err().to_string();
+    assert!(err.contains("32"), "the error names the index: {err}");
 }
