@@ -491,30 +491,37 @@ pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], geo: &ConvGeom, want_
     let wlen = geo.o * k;
     let mut partial = vec![T::zero(); nblocks * wlen];
     let flops = 2 * geo.n * geo.o * k * l;
-    // f32: the columns are also transposed to [l, k] (after the scratch's first k·l elements), so
-    // the product below reads both operands row-major. The `gemm` crate ran this product (32 × 288
-    // × 256 in the `small` 3 × 3 WS-conv case) at 66 GFLOP/s with colsᵀ as a strided view, against
-    // 121 for the same-sized NN forward product (session 11, `FLAMINGO_GEMM_STATS=1`).
-    let transpose = !geo.pointwise() && super::float::as_f32::<T>(&[]).is_some();
-    let scratch = || if geo.pointwise() { Vec::new() } else { vec![T::zero(); if transpose { 2 * k * l } else { k * l }] };
+    // f32: the product is formed transposed, dw_gᵀ [k, og] += cols [k, l] · dy_gᵀ [l, og], with
+    // dy_g copied to [l, og] (after the scratch's first k·l elements), so the `gemm` crate reads
+    // both operands row-major. Its product with colsᵀ as a strided view ran at 66 GFLOP/s against
+    // 121 for the same-sized forward (session 11); session 11 then transposed the columns (k·l
+    // floats); dy_g is og·l (9× smaller in the 3 × 3 WS-conv case), and the blocks' sums are
+    // transposed back once, below.
+    let transposed = !geo.pointwise() && super::float::as_f32::<T>(&[]).is_some();
+    let scratch = || if geo.pointwise() { Vec::new() } else { vec![T::zero(); if transposed { k * l + og * l } else { k * l }] };
     per_image(&mut partial, wlen, flops / 64, scratch, |blk, dw, cols| {
         for b in blk * BLOCK..((blk + 1) * BLOCK).min(geo.n) {
             let xb = &x[b * img_in..(b + 1) * img_in];
             let dyb = &dy[b * geo.o * l..(b + 1) * geo.o * l];
             for g in 0..geo.groups {
+                let dst = &mut dw[g * og * k..(g + 1) * og * k];
+                if transposed {
+                    let (c, dyt) = cols.split_at_mut(k * l);
+                    im2col(xb, geo, g, c);
+                    let (dyg, dyt) = (super::float::as_f32(&dyb[g * og * l..(g + 1) * og * l]).expect("f32"), super::float::as_f32_mut(dyt).expect("f32"));
+                    super::xattn::transpose(dyg, og, l, dyt);
+                    // SAFETY: dst is this block's private og·k slice, holding dw_gᵀ [k, og].
+                    unsafe {
+                        gemm_raw(k, og, l, dst.as_mut_ptr(), og as isize, true, cols, MatRef { offset: 0, rs: l as isize, cs: 1 }, cols, MatRef { offset: k * l, rs: og as isize, cs: 1 }, nblocks == 1)
+                    };
+                    continue;
+                }
                 let (src, cm): (&[T], MatRef) = if geo.pointwise() {
                     (xb, MatRef { offset: g * k * l, rs: 1, cs: l as isize })
-                } else if transpose {
-                    let (c, ct) = cols.split_at_mut(k * l);
-                    im2col(xb, geo, g, c);
-                    let (c, ct) = (super::float::as_f32(c).expect("f32"), super::float::as_f32_mut(ct).expect("f32"));
-                    super::xattn::transpose(c, k, l, ct);
-                    (&cols[..], MatRef { offset: k * l, rs: k as isize, cs: 1 })
                 } else {
                     im2col(xb, geo, g, cols);
                     (&cols[..], MatRef { offset: 0, rs: 1, cs: l as isize })
                 };
-                let dst = &mut dw[g * og * k..(g + 1) * og * k];
                 // dw_g [og, k] += dy_g [og, l] · colsᵀ [l, k]
                 // SAFETY: dst is this block's private og×k slice.
                 unsafe {
@@ -525,8 +532,20 @@ pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], geo: &ConvGeom, want_
     });
     let mut dw = vec![T::zero(); wlen];
     for p in partial.chunks(wlen) {
-        for (d, v) in dw.iter_mut().zip(p) {
-            *d += *v;
+        if transposed {
+            // Each group's block holds dw_gᵀ [k, og].
+            for g in 0..geo.groups {
+                let (src, dst) = (&p[g * og * k..(g + 1) * og * k], &mut dw[g * og * k..(g + 1) * og * k]);
+                for o in 0..og {
+                    for kk in 0..k {
+                        dst[o * k + kk] += src[kk * og + o];
+                    }
+                }
+            }
+        } else {
+            for (d, v) in dw.iter_mut().zip(p) {
+                *d += *v;
+            }
         }
     }
     let mut db = Vec::new();
@@ -698,6 +717,30 @@ mod tests {
             let lhs: f64 = y.iter().zip(&dy).map(|(a, b)| a * b).sum();
             let rhs: f64 = x.iter().zip(&dx).map(|(a, b)| a * b).sum();
             assert_eq!(lhs, rhs, "{geo:?}");
+        }
+    }
+
+    /// The f32 weight gradient (formed transposed, `colsᵀ`-free) against the f64 one (the plain
+    /// product, which the engine's f64 gradient checks cover), over groups, strides, padding and
+    /// more images than one block. Integer-valued data keeps every f32 sum exact: equal values.
+    #[test]
+    fn f32_weight_gradient_matches_the_f64_one() {
+        let geos = [
+            ConvGeom { n: 6, c: 4, h: 7, w: 6, o: 6, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
+            ConvGeom { n: 5, c: 3, h: 7, w: 8, o: 3, kh: 3, kw: 3, stride: (2, 2), pad: (1, 1, 1, 1), groups: 3 },
+            ConvGeom { n: 1, c: 2, h: 6, w: 7, o: 3, kh: 3, kw: 5, stride: (1, 1), pad: (0, 2, 1, 3), groups: 1 },
+        ];
+        for geo in geos {
+            let x: Vec<f64> = (0..geo.n * geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
+            let dy: Vec<f64> = (0..geo.n * geo.o * geo.ho() * geo.wo()).map(|i| ((i * 11) % 9) as f64 - 4.0).collect();
+            let (dw64, db64) = conv2d_backward_weight(&x, &dy, &geo, true);
+            let (x32, dy32): (Vec<f32>, Vec<f32>) = (x.iter().map(|&v| v as f32).collect(), dy.iter().map(|&v| v as f32).collect());
+            let (dw32, db32) = conv2d_backward_weight(&x32, &dy32, &geo, true);
+            assert_eq!(dw32.len(), dw64.len());
+            for (i, (a, b)) in dw32.iter().zip(&dw64).enumerate() {
+                assert_eq!(*a as f64, *b, "{geo:?}: dw[{i}]");
+            }
+            assert!(db32.iter().zip(&db64).all(|(a, b)| *a as f64 == *b), "{geo:?}: db");
         }
     }
 
