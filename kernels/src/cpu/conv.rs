@@ -512,7 +512,19 @@ pub fn conv2d_backward_weight<T: Float>(x: &[T], dy: &[T], geo: &ConvGeom, want_
                     super::xattn::transpose(dyg, og, l, dyt);
                     // SAFETY: dst is this block's private og·k slice, holding dw_gᵀ [k, og].
                     unsafe {
-                        gemm_raw(k, og, l, dst.as_mut_ptr(), og as isize, true, cols, MatRef { offset: 0, rs: l as isize, cs: 1 }, cols, MatRef { offset: k * l, rs: og as isize, cs: 1 }, nblocks == 1)
+                        gemm_raw(
+                            k,
+                            og,
+                            l,
+                            dst.as_mut_ptr(),
+                            og as isize,
+                            true,
+                            cols,
+                            MatRef { offset: 0, rs: l as isize, cs: 1 },
+                            cols,
+                            MatRef { offset: k * l, rs: og as isize, cs: 1 },
+                            nblocks == 1,
+                        )
                     };
                     continue;
                 }
