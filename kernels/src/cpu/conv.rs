@@ -712,16 +712,9 @@ mod tests {
     /// paths: the flipped-kernel convolution (stride 1, padding below the kernel) and col2im.
     #[test]
     fn backward_input_is_the_adjoint_of_the_forward() {
-        let geos = [
-            ConvGeom { n: 2, c: 4, h: 7, w: 6, o: 6, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
-            ConvGeom { n: 1, c: 2, h: 6, w: 7, o: 3, kh: 3, kw: 5, stride: (1, 1), pad: (0, 2, 1, 3), groups: 1 },
-            ConvGeom { n: 1, c: 2, h: 5, w: 5, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (3, 0, 0, 0), groups: 1 },
-            ConvGeom { n: 2, c: 3, h: 7, w: 8, o: 3, kh: 3, kw: 3, stride: (2, 2), pad: (1, 1, 1, 1), groups: 3 },
-        ];
-        for geo in geos {
-            let x: Vec<f64> = (0..geo.n * geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
+        for geo in small_geometries() {
+            let (x, dy) = integer_input_and_grad(&geo);
             let w: Vec<f64> = (0..geo.o * geo.cg() * geo.kh * geo.kw).map(|i| ((i * 13) % 7) as f64 - 3.0).collect();
-            let dy: Vec<f64> = (0..geo.n * geo.o * geo.ho() * geo.wo()).map(|i| ((i * 11) % 9) as f64 - 4.0).collect();
             let mut y = vec![0.0; dy.len()];
             conv2d(&x, &w, None, &geo, &mut y);
             let mut dx = vec![f64::NAN; x.len()];
@@ -732,19 +725,31 @@ mod tests {
         }
     }
 
+    /// Grouped, strided, asymmetrically padded and flipped-kernel geometries, `n` images each.
+    fn small_geometries() -> [ConvGeom; 4] {
+        [
+            ConvGeom { n: 2, c: 4, h: 7, w: 6, o: 6, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
+            ConvGeom { n: 1, c: 2, h: 6, w: 7, o: 3, kh: 3, kw: 5, stride: (1, 1), pad: (0, 2, 1, 3), groups: 1 },
+            ConvGeom { n: 1, c: 2, h: 5, w: 5, o: 2, kh: 3, kw: 3, stride: (1, 1), pad: (3, 0, 0, 0), groups: 1 },
+            ConvGeom { n: 2, c: 3, h: 7, w: 8, o: 3, kh: 3, kw: 3, stride: (2, 2), pad: (1, 1, 1, 1), groups: 3 },
+        ]
+    }
+
+    /// Small integer-valued `x` and `dy` for `geo` (sums of their products are exact in f32).
+    fn integer_input_and_grad(geo: &ConvGeom) -> (Vec<f64>, Vec<f64>) {
+        let x = (0..geo.n * geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
+        let dy = (0..geo.n * geo.o * geo.ho() * geo.wo()).map(|i| ((i * 11) % 9) as f64 - 4.0).collect();
+        (x, dy)
+    }
+
     /// The f32 weight gradient (formed transposed, `colsᵀ`-free) against the f64 one (the plain
-    /// product, which the engine's f64 gradient checks cover), over groups, strides, padding and
-    /// more images than one block. Integer-valued data keeps every f32 sum exact: equal values.
+    /// product, which the engine's f64 gradient checks cover), with more images than one block.
+    /// Integer-valued data keeps every f32 sum exact: equal values.
     #[test]
     fn f32_weight_gradient_matches_the_f64_one() {
-        let geos = [
-            ConvGeom { n: 6, c: 4, h: 7, w: 6, o: 6, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 },
-            ConvGeom { n: 5, c: 3, h: 7, w: 8, o: 3, kh: 3, kw: 3, stride: (2, 2), pad: (1, 1, 1, 1), groups: 3 },
-            ConvGeom { n: 1, c: 2, h: 6, w: 7, o: 3, kh: 3, kw: 5, stride: (1, 1), pad: (0, 2, 1, 3), groups: 1 },
-        ];
-        for geo in geos {
-            let x: Vec<f64> = (0..geo.n * geo.c * geo.h * geo.w).map(|i| ((i * 37) % 23) as f64 - 11.0).collect();
-            let dy: Vec<f64> = (0..geo.n * geo.o * geo.ho() * geo.wo()).map(|i| ((i * 11) % 9) as f64 - 4.0).collect();
+        for geo in small_geometries() {
+            let geo = ConvGeom { n: geo.n * 3, ..geo };
+            let (x, dy) = integer_input_and_grad(&geo);
             let (dw64, db64) = conv2d_backward_weight(&x, &dy, &geo, true);
             let (x32, dy32): (Vec<f32>, Vec<f32>) = (x.iter().map(|&v| v as f32).collect(), dy.iter().map(|&v| v as f32).collect());
             let (dw32, db32) = conv2d_backward_weight(&x32, &dy32, &geo, true);
