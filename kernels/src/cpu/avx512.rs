@@ -1,6 +1,7 @@
-//! AVX-512 versions of the AVX2 kernels in [`super::avx2`] that showed in profiles (exact GELU,
-//! forward and backward): the same operations in the same order on 16 lanes instead of 8, so they
-//! give the same bits, with the tail (fewer than 16 elements) left to the AVX2 version.
+//! AVX-512 versions of AVX2 kernels that showed in profiles: exact GELU (forward and backward;
+//! the tail of fewer than 16 elements is left to [`super::avx2`]) and the attention kernels' small
+//! products ([`small_mm`], behind `xattn::small_mm`). Each does the same operations in the same
+//! order as its AVX2 version on 16 lanes instead of 8, so it gives the same bits.
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernels in this module (AVX-512F, plus AVX2+FMA for the tails).
@@ -84,6 +85,134 @@ pub unsafe fn gelu_backward(x: &[f32], g: &[f32], dx: &mut [f32]) {
     super::avx2::gelu_backward(&x[i..n], &g[i..n], &mut dx[i..n]);
 }
 
+/// Whether `xattn::small_mm` runs [`small_mm`]: [`available`], and `FLAMINGO_SMALL_MM_AVX512` is
+/// not `0` (which keeps the AVX2 kernel, for side-by-side timing).
+pub fn small_mm_available() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| available() && std::env::var("FLAMINGO_SMALL_MM_AVX512").as_deref() != Ok("0"))
+}
+
+/// One block of `ROWS` rows × `W` vectors of 16 columns of `C [+]= A·B` (the last vector masked
+/// by `tail`, all ones for full vectors). Every element is one FMA chain over p from zero, then
+/// added to C: the AVX2 kernel's order.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn mm_block<const ROWS: usize, const W: usize>(
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    tail: __mmask16,
+) {
+    let mut s = [[_mm512_setzero_ps(); W]; ROWS];
+    for p in 0..k {
+        let bp = b.add(p * ldb);
+        let mut bv = [_mm512_setzero_ps(); W];
+        for (w, x) in bv.iter_mut().enumerate() {
+            *x = if w + 1 == W { _mm512_maskz_loadu_ps(tail, bp.add(16 * w)) } else { _mm512_loadu_ps(bp.add(16 * w)) };
+        }
+        let ap = a.add(p * acs);
+        for (r, sr) in s.iter_mut().enumerate() {
+            let av = _mm512_set1_ps(*ap.add(r * ars));
+            for w in 0..W {
+                sr[w] = _mm512_fmadd_ps(av, bv[w], sr[w]);
+            }
+        }
+    }
+    for (r, sr) in s.iter().enumerate() {
+        for (w, &x) in sr.iter().enumerate() {
+            let cp = c.add(r * ldc + 16 * w);
+            let m = if w + 1 == W { tail } else { 0xFFFF };
+            let v = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(m, cp), x) } else { x };
+            _mm512_mask_storeu_ps(cp, m, v);
+        }
+    }
+}
+
+/// All rows of one strip of `W` column vectors: blocks of `R` rows, then the remainder.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn mm_strip<const W: usize, const R: usize>(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    tail: __mmask16,
+) {
+    let mut i = 0;
+    while i + R <= m {
+        mm_block::<R, W>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+        i += R;
+    }
+    let (a, c) = (a.add(i * ars), c.add(i * ldc));
+    macro_rules! rest {
+        ($($r:literal)*) => {
+            match m - i {
+                $($r => mm_block::<$r, W>(k, a, ars, acs, b, ldb, c, ldc, accumulate, tail),)*
+                _ => {}
+            }
+        };
+    }
+    rest!(1 2 3 4 5 6 7 8 9 10 11);
+}
+
+/// `C (m×n) = [C +] A (m×k) · B (k×n)` with `A(i,p) = a[i·ars + p·acs]`, `B(p,j) = b[p·ldb + j]`,
+/// `C(i,j) = c[i·ldc + j]`: the AVX-512 version of `xattn::small_mm` (same bits). Column strips
+/// of 64 (6 rows × 4 vectors: 24 accumulators), then 32, then one vector of 16, then a masked one.
+///
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA ([`available`]); the operands with their strides
+/// must stay inside live allocations, and `c` must not alias them.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f,avx2,fma")]
+pub unsafe fn small_mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let mut j = 0;
+    while j + 64 <= n {
+        mm_strip::<4, 6>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, 0xFFFF);
+        j += 64;
+    }
+    if j + 32 <= n {
+        mm_strip::<2, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, 0xFFFF);
+        j += 32;
+    }
+    if j < n {
+        let left = (n - j).min(16);
+        let tail = if left == 16 { 0xFFFF } else { (1u16 << left) - 1 };
+        mm_strip::<1, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, tail);
+        j += left;
+    }
+    if j < n {
+        let tail = (1u16 << (n - j)) - 1;
+        mm_strip::<1, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, tail);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,5 +245,32 @@ mod tests {
             super::super::avx2::gelu_backward(&x, &g, &mut b);
         }
         assert_eq!(bits(&a), bits(&b), "backward");
+    }
+
+    #[test]
+    fn small_mm_matches_the_avx2_kernel_bit_for_bit() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512F (this kernel does not run here)");
+            return;
+        }
+        // Column counts across every strip kind and tail; row counts across every remainder;
+        // A both row-major and transposed (acs ≠ 1); C overwritten and accumulated.
+        for &(m, n, k) in &[(1, 1, 1), (6, 64, 64), (13, 100, 7), (64, 256, 64), (25, 47, 33), (12, 31, 5), (7, 17, 64), (64, 192, 64), (3, 80, 16)] {
+            for transposed in [false, true] {
+                let a: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013).collect();
+                let b: Vec<f32> = (0..k * (n + 3)).map(|i| ((i * 53 % 89) as f32 - 44.0) * 0.021).collect();
+                let (ars, acs) = if transposed { (1, m) } else { (k, 1) };
+                for accumulate in [false, true] {
+                    let start: Vec<f32> = (0..m * (n + 5)).map(|i| (i % 7) as f32 * 0.5).collect();
+                    let (mut wide, mut narrow) = (start.clone(), start.clone());
+                    unsafe {
+                        small_mm(m, n, k, a.as_ptr(), ars, acs, b.as_ptr(), n + 3, wide.as_mut_ptr(), n + 5, accumulate);
+                        crate::cpu::xattn::avx2_small_mm(m, n, k, a.as_ptr(), ars, acs, b.as_ptr(), n + 3, narrow.as_mut_ptr(), n + 5, accumulate);
+                    }
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&wide), bits(&narrow), "m {m}, n {n}, k {k}, transposed {transposed}, accumulate {accumulate}");
+                }
+            }
+        }
     }
 }

@@ -164,6 +164,9 @@ pub(super) unsafe fn small_mm(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        if super::avx512::small_mm_available() {
+            return super::avx512::small_mm(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+        }
         if super::avx2::available() {
             return kern_avx2::matmul(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
         }
@@ -178,6 +181,28 @@ pub(super) unsafe fn small_mm(
             *cij = if accumulate { *cij + acc } else { acc };
         }
     }
+}
+
+/// The AVX2 kernel behind [`small_mm`], for the AVX-512 kernel's bit-equality test.
+///
+/// # Safety
+/// As [`small_mm`], on a CPU with AVX2 and FMA.
+#[cfg(all(test, target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn avx2_small_mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    kern_avx2::matmul(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate)
 }
 
 /// AVX2+FMA kernels: the register-blocked product behind [`small_mm`] (6 rows × 16 columns of C in
