@@ -153,15 +153,45 @@ unsafe fn mm_strip<const W: usize, const R: usize>(
     accumulate: bool,
     tail: __mmask16,
 ) {
+    // A remainder of 1 or 2 rows borrows one block's rows (→ two blocks of about R/2 + 1), since
+    // a 1- or 2-row block does few FMAs per load (a run of 32 tokens is 5·6 + 2).
+    let mut full = m / R;
+    if full > 0 && (m % R == 1 || m % R == 2) {
+        full -= 1;
+    }
     let mut i = 0;
-    while i + R <= m {
+    for _ in 0..full {
         mm_block::<R, W>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
         i += R;
     }
-    let (a, c) = (a.add(i * ars), c.add(i * ldc));
+    if m - i > R {
+        let half = (m - i) / 2;
+        rest_block::<W>(half, k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+        i += half;
+    }
+    rest_block::<W>(m - i, k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+}
+
+/// One block of `rows < 12` rows (none for 0).
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn rest_block<const W: usize>(
+    rows: usize,
+    k: usize,
+    a: *const f32,
+    ars: usize,
+    acs: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+    tail: __mmask16,
+) {
     macro_rules! rest {
         ($($r:literal)*) => {
-            match m - i {
+            match rows {
                 $($r => mm_block::<$r, W>(k, a, ars, acs, b, ldb, c, ldc, accumulate, tail),)*
                 _ => {}
             }
