@@ -79,6 +79,33 @@ fn gated_case(name: &'static str, fused: bool) -> Case {
     }
 }
 
+/// The language model's causal self-attention at the `small` step's shape: q, k, v
+/// `[8, 8, 256, 64]` (batch, heads, tokens, head dim; contiguous, no rotary embedding), forward +
+/// backward with a fixed upstream gradient, fused kernel or its dense reference composition.
+/// FLOPs: the unmasked half of the two forward products (2·L²·D per head), ×3 for forward +
+/// backward, as benches/torch/fused_bench.py counts them for PyTorch's SDPA.
+fn causal_case(name: &'static str, fused: bool) -> Case {
+    let shape = [B, H, T, D];
+    let q = randn(&shape, 10).requires_grad_(true);
+    let k = randn(&shape, 11).requires_grad_(true);
+    let v = randn(&shape, 12).requires_grad_(true);
+    let d_o = randn(&shape, 13);
+    Case {
+        name,
+        shape: format!("b{B}h{H}l{T}d{D}"),
+        dtype: DType::F32,
+        flops: 3.0 * 2.0 * (B * H * T * T * D) as f64,
+        run: Box::new(move || {
+            let o = if fused { Tensor::causal_attention(&q, &k, &v, None) } else { Tensor::causal_attention_reference(&q, &k, &v, None) }
+                .expect("causal attention");
+            o.backward_with(&d_o).expect("backward");
+            for x in [&q, &k, &v] {
+                x.zero_grad();
+            }
+        }),
+    }
+}
+
 /// Weight-standardised conv (timm's ScaledStdConv2d: eps 1e-5, gain, bias) forward + backward,
 /// gradients to x, w, gain and bias: fused standardisation or its reference composition.
 fn ws_conv_case(name: &'static str, x_shape: [usize; 4], w_shape: [usize; 4], groups: usize, fused: bool) -> Case {
@@ -117,6 +144,8 @@ pub fn cases() -> flamingo_engine::Result<Vec<Case>> {
         xattn_case("masked_xattn_fwd_bwd_m8", 8, true),
         xattn_case("masked_xattn_reference", 4, false),
         xattn_case("masked_xattn_reference_m8", 8, false),
+        causal_case("causal_attention_fwd_bwd", true),
+        causal_case("causal_attention_reference", false),
         gated_case("gated_residual_fwd_bwd", true),
         gated_case("gated_residual_reference", false),
         ws_conv_case("ws_conv3x3_fwd_bwd", [8, 64, 16, 16], [64, 32, 3, 3], 2, true),

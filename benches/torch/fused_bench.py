@@ -7,6 +7,9 @@ Cases:
                               image, T split into M equal runs; backward with a fixed d_o.
   masked_xattn_sdpa[_m8]      the same with F.scaled_dot_product_attention and the boolean mask
                               (rows without an image get one dummy key and are zeroed after).
+  causal_attention_fwd_bwd    F.scaled_dot_product_attention(is_causal=True) on q, k, v [8,8,256,64]
+                              (the LM's self-attention at the small step's shape, no rotary
+                              embedding), backward with a fixed gradient.
   gated_residual_fwd_bwd      y = x + tanh(a)·f on [8,256,512], backward with a fixed gradient.
   ws_conv3x3_fwd_bwd          timm ScaledStdConv2d(64→64, 3×3, groups 2, eps 1e-5), x [8,64,16,16]
   ws_conv1x1_fwd_bwd          timm ScaledStdConv2d(128→256, 1×1), x [8,128,8,8]
@@ -66,6 +69,19 @@ def xattn_case(m, sdpa):
     return run, f"b{B}t{T}m{m}r{R}h{H}d{D}", flops
 
 
+def causal_case():
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(B, H, T, D, generator=g, requires_grad=True) for _ in range(3))
+    d_o = torch.randn(B, H, T, D, generator=g)
+
+    def run():
+        for x in (q, k, v):
+            x.grad = None
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(d_o)
+
+    return run, f"b{B}h{H}l{T}d{D}", 3.0 * 2.0 * B * H * T * T * D
+
+
 def gated_case():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(8, 256, 512, generator=g, requires_grad=True)
@@ -100,6 +116,7 @@ CASES = {
     "masked_xattn_fwd_bwd_m8": lambda: xattn_case(8, False),
     "masked_xattn_sdpa": lambda: xattn_case(4, True),
     "masked_xattn_sdpa_m8": lambda: xattn_case(8, True),
+    "causal_attention_fwd_bwd": causal_case,
     "gated_residual_fwd_bwd": gated_case,
     "ws_conv3x3_fwd_bwd": lambda: ws_conv_case((8, 64, 16, 16), 64, 64, 3, 2),
     "ws_conv1x1_fwd_bwd": lambda: ws_conv_case((8, 128, 8, 8), 128, 256, 1, 1),

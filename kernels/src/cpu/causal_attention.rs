@@ -152,8 +152,6 @@ struct Scratch {
     vt: Vec<f32>,
     s: Vec<f32>,
     dp: Vec<f32>,
-    st: Vec<f32>,
-    go: Vec<f32>,
     delta: Vec<f32>,
     dq: Vec<f32>,
     dk: Vec<f32>,
@@ -351,13 +349,12 @@ pub fn causal_attention_backward(
     let (dqp, dkp, dvp) = (SyncPtr(dq.as_mut_ptr()), SyncPtr(dk.as_mut_ptr()), SyncPtr(dv.as_mut_ptr()));
     for_items(s.b * s.kvh, |sc, item| {
         let (b, g) = (item / s.kvh, item % s.kvh);
-        for buf in [&mut sc.q, &mut sc.k, &mut sc.kt, &mut sc.v, &mut sc.vt, &mut sc.go, &mut sc.dk, &mut sc.dv] {
+        for buf in [&mut sc.q, &mut sc.k, &mut sc.kt, &mut sc.v, &mut sc.vt, &mut sc.dk, &mut sc.dv] {
             grow(buf, l * d);
         }
         grow(&mut sc.dq, QBLOCK * d);
         grow(&mut sc.s, QBLOCK * l);
         grow(&mut sc.dp, QBLOCK * l);
-        grow(&mut sc.st, QBLOCK * l);
         grow(&mut sc.delta, l);
         sc.dk[..l * d].fill(0.0);
         sc.dv[..l * d].fill(0.0);
@@ -368,18 +365,19 @@ pub fn causal_attention_backward(
             transpose(&sc.v, l, d, &mut sc.vt);
             for h in g * rep..(g + 1) * rep {
                 load_rotated(q, &qs, &rope, b, h, l, d, &mut sc.q);
-                gather(go, &gs, b, h, l, d, &mut sc.go);
+                // dO is read in place (row stride gs.l).
+                let gob = go.as_ptr().add(gs.at(b, h, 0));
                 // δ_i = dO_i · O_i (= Σ_j P_ij dP_ij)
                 let ob = o.as_ptr().add(os.at(b, h, 0));
                 for i in 0..l {
-                    sc.delta[i] = dot(&sc.go[i * d..(i + 1) * d], std::slice::from_raw_parts(ob.add(i * os.l), d));
+                    sc.delta[i] = dot(std::slice::from_raw_parts(gob.add(i * gs.l), d), std::slice::from_raw_parts(ob.add(i * os.l), d));
                 }
                 let lse_h = &lse[(b * s.h + h) * l..(b * s.h + h + 1) * l];
                 for i0 in (0..l).step_by(QBLOCK) {
                     let (i1, rows) = ((i0 + QBLOCK).min(l), (i0 + QBLOCK).min(l) - i0);
                     let (sb, dpb) = (&mut sc.s[..rows * i1], &mut sc.dp[..rows * i1]);
                     small_mm(rows, i1, d, sc.q.as_ptr().add(i0 * d), d, 1, sc.kt.as_ptr(), l, sb.as_mut_ptr(), i1, false);
-                    small_mm(rows, i1, d, sc.go.as_ptr().add(i0 * d), d, 1, sc.vt.as_ptr(), l, dpb.as_mut_ptr(), i1, false);
+                    small_mm(rows, i1, d, gob.add(i0 * gs.l), gs.l, 1, sc.vt.as_ptr(), l, dpb.as_mut_ptr(), i1, false);
                     for (r, (srow, dprow)) in sb.chunks_exact_mut(i1).zip(dpb.chunks_exact_mut(i1)).enumerate() {
                         let i = i0 + r;
                         // P (from the saved log-sum-exp) and dS = P ∘ (dP − δ) · scale.
@@ -394,11 +392,9 @@ pub fn causal_attention_backward(
                     }
                     scatter(&sc.dq, dqp.get(), &dqs, b, h, i0, rows, d);
                     // dK[0..i1] += dSᵀ · Q[i0..i1];  dV[0..i1] += Pᵀ · dO[i0..i1]
-                    let stb = &mut sc.st[..rows * i1];
-                    transpose(dpb, rows, i1, stb);
-                    small_mm(i1, d, rows, stb.as_ptr(), rows, 1, sc.q.as_ptr().add(i0 * d), d, sc.dk.as_mut_ptr(), d, true);
-                    transpose(sb, rows, i1, stb);
-                    small_mm(i1, d, rows, stb.as_ptr(), rows, 1, sc.go.as_ptr().add(i0 * d), d, sc.dv.as_mut_ptr(), d, true);
+                    // (dSᵀ and Pᵀ read in place through strides: no transposed copies.)
+                    small_mm(i1, d, rows, dpb.as_ptr(), 1, i1, sc.q.as_ptr().add(i0 * d), d, sc.dk.as_mut_ptr(), d, true);
+                    small_mm(i1, d, rows, sb.as_ptr(), 1, i1, gob.add(i0 * gs.l), gs.l, sc.dv.as_mut_ptr(), d, true);
                 }
             }
             if let Some(r) = &rope {
@@ -488,7 +484,7 @@ mod tests {
     }
 
     #[test]
-    fn token_major_views_give_the_same_result() {
+    fn token_major_views_give_the_same_result_forward_and_backward() {
         // q, k, v and o stored [B, L, heads, D] (the projections' layout) instead of head-major.
         let s = CausalShape { b: 2, h: 4, kvh: 2, l: 70, d: 8 };
         let (nq, nkv) = (s.b * s.h * s.l * s.d, s.b * s.kvh * s.l * s.d);
@@ -515,6 +511,17 @@ mod tests {
         causal_attention_forward(&s, None, &qt, tq, &kt, tk, &vt, tk, &mut o2, tq, &mut l2).unwrap();
         assert_eq!(to_token_major(&o1, s.h), o2);
         assert_eq!(l1, l2);
+        // The backward, with the output gradient and all gradients token-major too (dO is read
+        // in place through its strides).
+        let go = vals(nq, 8);
+        let (mut dq1, mut dk1, mut dv1) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        causal_attention_backward(&s, None, &q, hq, &k, hk, &v, hk, &o1, hq, &l1, &go, hq, &mut dq1, hq, &mut dk1, &mut dv1, hk).unwrap();
+        let (mut dq2, mut dk2, mut dv2) = (vec![0.0; nq], vec![0.0; nkv], vec![0.0; nkv]);
+        let got = to_token_major(&go, s.h);
+        causal_attention_backward(&s, None, &qt, tq, &kt, tk, &vt, tk, &o2, tq, &l2, &got, tq, &mut dq2, tq, &mut dk2, &mut dv2, tk).unwrap();
+        assert_eq!(to_token_major(&dq1, s.h), dq2, "dq");
+        assert_eq!(to_token_major(&dk1, s.kvh), dk2, "dk");
+        assert_eq!(to_token_major(&dv1, s.kvh), dv2, "dv");
     }
 
     /// HF's rotation in f64 (`transpose` = the inverse, for gradients), independent of [`Rope`].
