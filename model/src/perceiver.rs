@@ -40,8 +40,23 @@ impl PerceiverAttention {
         let inner = self.heads * self.dim_head;
         let xm = self.norm_media.forward(p, x)?;
         let l = self.norm_latents.forward(p, lat)?;
-        let q = split_heads(&self.to_q.forward(p, &l)?, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
+        let ql = self.to_q.forward(p, &l)?; // [n, r, heads·dh]
         let (k, v) = crate::nn::keys_values(p, &self.to_kv, &Tensor::concat(&[&xm, &l], 1)?, inner, self.heads)?;
+        if crate::kernels::use_fused(lat) && !lat.device().is_cuda() {
+            // Unmasked attention is the masked cross-attention with one medium that every query
+            // sees: q [n, r, h, dh], k, v [n, 1, s + r, h, dh], media index 1 everywhere. The
+            // fused kernel scales the scores by dh^-0.5 itself. CPU only: the CUDA kernels have
+            // not been run on a GPU at this shape, so there the composition below stays.
+            let (n, r, keys) = (ql.shape()[0], ql.shape()[1], k.shape()[2]);
+            let (h, dh) = (self.heads, self.dim_head);
+            let q4 = ql.reshape(&[n, r, h, dh])?;
+            let k5 = k.transpose(1, 2)?.reshape(&[n, 1, keys, h, dh])?;
+            let v5 = v.transpose(1, 2)?.reshape(&[n, 1, keys, h, dh])?;
+            let media = Tensor::full(&[n, r], 1.0, flamingo_engine::DType::F32, Default::default());
+            let o = Tensor::masked_cross_attention(&q4, &k5, &v5, &media, flamingo_engine::ops::fused::XAttnMode::OnlyImmediate)?;
+            return self.to_out.forward(p, &o.reshape(&[n, r, inner])?);
+        }
+        let q = split_heads(&ql, self.heads)?.mul_scalar((self.dim_head as f64).powf(-0.5))?;
         let attn = q.matmul(&k.t()?)?.softmax(-1)?;
         self.to_out.forward(p, &merge_heads(&attn.matmul(&v)?)?)
     }
