@@ -1,7 +1,8 @@
 //! The switch between fused kernels and their reference formulations.
 //!
 //! The model uses the engine's fused ops (masked cross-attention, tanh-gated residual, the LM's
-//! causal self-attention, LLaMA's RMSNorm and SwiGLU gate) by default
+//! causal self-attention, LLaMA's RMSNorm and SwiGLU gate, and on the CPU the Perceiver's
+//! attention through the cross-attention kernel) by default
 //! on the CPU. `FLAMINGO_REFERENCE_KERNELS=1` in the environment, or [`set_fused`]`(false)`,
 //! switches back to the reference compositions of primitive ops (the dense masked attention of
 //! SPEC §2.5, `x + f·tanh(α)` and masked dense self-attention), which every parity test compares
