@@ -2,6 +2,7 @@
 //! the tail of fewer than 16 elements is left to [`super::avx2`]) and the attention kernels' small
 //! products ([`small_mm`], behind `xattn::small_mm`). Each does the same operations in the same
 //! order as its AVX2 version on 16 lanes instead of 8, so it gives the same bits.
+use super::xattn::MmArgs;
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernels in this module (AVX-512F, plus AVX2+FMA for the tails).
@@ -96,21 +97,10 @@ pub fn small_mm_available() -> bool {
 /// One block of `ROWS` rows × `W` vectors of 16 columns of `C [+]= A·B` (the last vector masked
 /// by `tail`, all ones for full vectors). Every element is one FMA chain over p from zero, then
 /// added to C: the AVX2 kernel's order.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn mm_block<const ROWS: usize, const W: usize>(
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    tail: __mmask16,
-) {
+unsafe fn mm_block<const ROWS: usize, const W: usize>(k: usize, args: MmArgs, tail: __mmask16) {
+    let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate } = args;
     let mut s = [[_mm512_setzero_ps(); W]; ROWS];
     for p in 0..k {
         let bp = b.add(p * ldb);
@@ -137,22 +127,9 @@ unsafe fn mm_block<const ROWS: usize, const W: usize>(
 }
 
 /// All rows of one strip of `W` column vectors: blocks of `R` rows, then the remainder.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn mm_strip<const W: usize, const R: usize>(
-    m: usize,
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    tail: __mmask16,
-) {
+unsafe fn mm_strip<const W: usize, const R: usize>(m: usize, k: usize, args: MmArgs, tail: __mmask16) {
     // A remainder of 1 or 2 rows borrows one block's rows (→ two blocks of about R/2 + 1), since
     // a 1- or 2-row block does few FMAs per load (a run of 32 tokens is 5·6 + 2).
     let mut full = m / R;
@@ -161,38 +138,25 @@ unsafe fn mm_strip<const W: usize, const R: usize>(
     }
     let mut i = 0;
     for _ in 0..full {
-        mm_block::<R, W>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+        mm_block::<R, W>(k, args.rows_from(i), tail);
         i += R;
     }
     if m - i > R {
         let half = (m - i) / 2;
-        rest_block::<W>(half, k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+        rest_block::<W>(half, k, args.rows_from(i), tail);
         i += half;
     }
-    rest_block::<W>(m - i, k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, tail);
+    rest_block::<W>(m - i, k, args.rows_from(i), tail);
 }
 
 /// One block of `rows < 12` rows (none for 0).
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn rest_block<const W: usize>(
-    rows: usize,
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-    tail: __mmask16,
-) {
+unsafe fn rest_block<const W: usize>(rows: usize, k: usize, args: MmArgs, tail: __mmask16) {
     macro_rules! rest {
         ($($r:literal)*) => {
             match rows {
-                $($r => mm_block::<$r, W>(k, a, ars, acs, b, ldb, c, ldc, accumulate, tail),)*
+                $($r => mm_block::<$r, W>(k, args, tail),)*
                 _ => {}
             }
         };
@@ -200,46 +164,33 @@ unsafe fn rest_block<const W: usize>(
     rest!(1 2 3 4 5 6 7 8 9 10 11);
 }
 
-/// `C (m×n) = [C +] A (m×k) · B (k×n)` with `A(i,p) = a[i·ars + p·acs]`, `B(p,j) = b[p·ldb + j]`,
-/// `C(i,j) = c[i·ldc + j]`: the AVX-512 version of `xattn::small_mm` (same bits). Column strips
-/// of 64 (6 rows × 4 vectors: 24 accumulators), then 32, then one vector of 16, then a masked one.
+/// `C (m×n) = [C +] A (m×k) · B (k×n)` for the operands `args` (see `xattn::MmArgs`): the AVX-512
+/// version of `xattn::small_mm` (same bits). Column strips of 64 (6 rows × 4 vectors: 24
+/// accumulators), then 32, then one vector of 16, then a masked one.
 ///
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA ([`available`]); the operands with their strides
 /// must stay inside live allocations, and `c` must not alias them.
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f,avx2,fma")]
-pub unsafe fn small_mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
+pub(super) unsafe fn small_mm(m: usize, n: usize, k: usize, args: MmArgs) {
     let mut j = 0;
     while j + 64 <= n {
-        mm_strip::<4, 6>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, 0xFFFF);
+        mm_strip::<4, 6>(m, k, args.cols_from(j), 0xFFFF);
         j += 64;
     }
     if j + 32 <= n {
-        mm_strip::<2, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, 0xFFFF);
+        mm_strip::<2, 12>(m, k, args.cols_from(j), 0xFFFF);
         j += 32;
     }
     if j < n {
         let left = (n - j).min(16);
         let tail = if left == 16 { 0xFFFF } else { (1u16 << left) - 1 };
-        mm_strip::<1, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, tail);
+        mm_strip::<1, 12>(m, k, args.cols_from(j), tail);
         j += left;
     }
     if j < n {
         let tail = (1u16 << (n - j)) - 1;
-        mm_strip::<1, 12>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, tail);
+        mm_strip::<1, 12>(m, k, args.cols_from(j), tail);
     }
 }
 
@@ -294,8 +245,9 @@ mod tests {
                     let start: Vec<f32> = (0..m * (n + 5)).map(|i| (i % 7) as f32 * 0.5).collect();
                     let (mut wide, mut narrow) = (start.clone(), start.clone());
                     unsafe {
-                        small_mm(m, n, k, a.as_ptr(), ars, acs, b.as_ptr(), n + 3, wide.as_mut_ptr(), n + 5, accumulate);
-                        crate::cpu::xattn::avx2_small_mm(m, n, k, a.as_ptr(), ars, acs, b.as_ptr(), n + 3, narrow.as_mut_ptr(), n + 5, accumulate);
+                        let args = |c: *mut f32| MmArgs { a: a.as_ptr(), ars, acs, b: b.as_ptr(), ldb: n + 3, c, ldc: n + 5, accumulate };
+                        small_mm(m, n, k, args(wide.as_mut_ptr()));
+                        crate::cpu::xattn::avx2_small_mm(m, n, k, args(narrow.as_mut_ptr()));
                     }
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&wide), bits(&narrow), "m {m}, n {n}, k {k}, transposed {transposed}, accumulate {accumulate}");

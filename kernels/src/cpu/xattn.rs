@@ -137,6 +137,40 @@ impl SyncPtr {
     }
 }
 
+/// The operands of one small product `C [+]= A·B` ([`small_mm`]): `A(i,p) = a[i·ars + p·acs]`,
+/// `B(p,j) = b[p·ldb + j]`, `C(i,j) = c[i·ldc + j]`, C overwritten or (`accumulate`) added to.
+#[derive(Clone, Copy)]
+pub(super) struct MmArgs {
+    pub a: *const f32,
+    pub ars: usize,
+    pub acs: usize,
+    pub b: *const f32,
+    pub ldb: usize,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub accumulate: bool,
+}
+
+impl MmArgs {
+    /// The same product from row `i` of A and C on.
+    ///
+    /// # Safety
+    /// Row `i` must be inside A's and C's allocations.
+    #[inline(always)]
+    pub(super) unsafe fn rows_from(self, i: usize) -> MmArgs {
+        MmArgs { a: self.a.add(i * self.ars), c: self.c.add(i * self.ldc), ..self }
+    }
+
+    /// The same product from column `j` of B and C on.
+    ///
+    /// # Safety
+    /// Column `j` must be inside B's and C's allocations.
+    #[inline(always)]
+    pub(super) unsafe fn cols_from(self, j: usize) -> MmArgs {
+        MmArgs { b: self.b.add(j), c: self.c.add(j), ..self }
+    }
+}
+
 /// `C (m×n) = [C +] A (m×k) · B (k×n)` for the small blocks of this kernel, single-threaded, with
 /// `A(i,p) = a[i·ars + p·acs]`, `B(p,j) = b[p·ldb + j]`, `C(i,j) = c[i·ldc + j]`. Each C element
 /// sums over p in order, so results do not depend on blocking or threads.
@@ -164,11 +198,12 @@ pub(super) unsafe fn small_mm(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
+        let args = MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate };
         if super::avx512::small_mm_available() {
-            return super::avx512::small_mm(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+            return super::avx512::small_mm(m, n, k, args);
         }
         if super::avx2::available() {
-            return kern_avx2::matmul(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate);
+            return kern_avx2::matmul(m, n, k, args);
         }
     }
     for i in 0..m {
@@ -188,21 +223,8 @@ pub(super) unsafe fn small_mm(
 /// # Safety
 /// As [`small_mm`], on a CPU with AVX2 and FMA.
 #[cfg(all(test, target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn avx2_small_mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    a: *const f32,
-    ars: usize,
-    acs: usize,
-    b: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
-    accumulate: bool,
-) {
-    kern_avx2::matmul(m, n, k, a, ars, acs, b, ldb, c, ldc, accumulate)
+pub(super) unsafe fn avx2_small_mm(m: usize, n: usize, k: usize, args: MmArgs) {
+    kern_avx2::matmul(m, n, k, args)
 }
 
 /// AVX2+FMA kernels: the register-blocked product behind [`small_mm`] (6 rows × 16 columns of C in
@@ -212,24 +234,14 @@ pub(super) unsafe fn avx2_small_mm(
 mod kern_avx2 {
     use super::super::avx2::{exp8, transpose8};
     use super::super::float::exp_f32;
+    use super::MmArgs;
     use std::arch::x86_64::*;
 
     /// One block of `ROWS` rows × `W` vectors of 8 columns (`FULL = false`: one vector, masked).
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const ROWS: usize, const W: usize, const FULL: bool>(
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        mask: __m256i,
-    ) {
+    unsafe fn block<const ROWS: usize, const W: usize, const FULL: bool>(k: usize, args: MmArgs, mask: __m256i) {
+        let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate } = args;
         let mut s = [[_mm256_setzero_ps(); W]; ROWS];
         for p in 0..k {
             let bp = b.add(p * ldb);
@@ -260,22 +272,9 @@ mod kern_avx2 {
     }
 
     /// All rows of one column strip.
-    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn strip<const W: usize, const FULL: bool>(
-        m: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-        mask: __m256i,
-    ) {
+    unsafe fn strip<const W: usize, const FULL: bool>(m: usize, k: usize, args: MmArgs, mask: __m256i) {
         // Blocks of 6 rows; a remainder of 1 or 2 borrows one block's rows (→ 4+3 or 4+4), since
         // a 1- or 2-row block does few FMAs per load (a run of 32 tokens is 5·6 + 2).
         let mut n6 = m / 6;
@@ -284,54 +283,41 @@ mod kern_avx2 {
         }
         let mut i = 0;
         for _ in 0..n6 {
-            block::<6, W, FULL>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, mask);
+            block::<6, W, FULL>(k, args.rows_from(i), mask);
             i += 6;
         }
         if m - i >= 7 {
-            block::<4, W, FULL>(k, a.add(i * ars), ars, acs, b, ldb, c.add(i * ldc), ldc, accumulate, mask);
+            block::<4, W, FULL>(k, args.rows_from(i), mask);
             i += 4;
         }
-        let (a, c) = (a.add(i * ars), c.add(i * ldc));
+        let rest = args.rows_from(i);
         match m - i {
-            1 => block::<1, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
-            2 => block::<2, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
-            3 => block::<3, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
-            4 => block::<4, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
-            5 => block::<5, W, FULL>(k, a, ars, acs, b, ldb, c, ldc, accumulate, mask),
+            1 => block::<1, W, FULL>(k, rest, mask),
+            2 => block::<2, W, FULL>(k, rest, mask),
+            3 => block::<3, W, FULL>(k, rest, mask),
+            4 => block::<4, W, FULL>(k, rest, mask),
+            5 => block::<5, W, FULL>(k, rest, mask),
             _ => {}
         }
     }
 
     /// See `small_mm`.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn matmul(
-        m: usize,
-        n: usize,
-        k: usize,
-        a: *const f32,
-        ars: usize,
-        acs: usize,
-        b: *const f32,
-        ldb: usize,
-        c: *mut f32,
-        ldc: usize,
-        accumulate: bool,
-    ) {
+    pub unsafe fn matmul(m: usize, n: usize, k: usize, args: MmArgs) {
         let all = _mm256_set1_epi32(-1);
         let mut j = 0;
         while j + 16 <= n {
-            strip::<2, true>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, all);
+            strip::<2, true>(m, k, args.cols_from(j), all);
             j += 16;
         }
         if j + 8 <= n {
-            strip::<1, true>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, all);
+            strip::<1, true>(m, k, args.cols_from(j), all);
             j += 8;
         }
         if j < n {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32((n - j) as i32), lanes);
-            strip::<1, false>(m, k, a, ars, acs, b.add(j), ldb, c.add(j), ldc, accumulate, mask);
+            strip::<1, false>(m, k, args.cols_from(j), mask);
         }
     }
 
