@@ -10,6 +10,23 @@ fn ops_suite_has_the_required_cases() {
 }
 
 #[test]
+fn fused_suite_has_the_required_cases() {
+    // issue 6's cases, plus the causal self-attention beside PyTorch's SDPA.
+    let names: Vec<&str> = suites::cases("fused").unwrap().iter().map(|c| c.name).collect();
+    for want in [
+        "masked_xattn_fwd_bwd",
+        "masked_xattn_fwd_bwd_m8",
+        "causal_attention_fwd_bwd",
+        "gated_residual_fwd_bwd",
+        "ws_conv3x3_fwd_bwd",
+        "train_step_tiny",
+        "train_step_small",
+    ] {
+        assert!(names.contains(&want), "missing case {want}");
+    }
+}
+
+#[test]
 fn rows_serialise_with_the_documented_keys() {
     let rows = run_suite("ops", Some(&["add_8x8".to_string()]), true, |_| {}).unwrap();
     assert_eq!(rows.len(), 1);
