@@ -9,7 +9,13 @@ use flamingo_model::nn::Init;
 use flamingo_model::perceiver::{PerceiverConfig, PerceiverResampler};
 
 /// Output, feature gradient and parameter gradients of one forward + backward.
-fn run(fused: bool) -> (Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>) {
+struct Run {
+    output: Vec<f32>,
+    feature_grad: Vec<f32>,
+    param_grads: Vec<(String, Vec<f32>)>,
+}
+
+fn run(fused: bool) -> Run {
     set_fused(fused);
     let cfg = PerceiverConfig { dim: 32, depth: 2, heads: 4, dim_head: 8, num_latents: 6, ff_mult: 2, max_num_frames: None, max_num_media: None };
     let mut rng = Rng::new(7);
@@ -20,8 +26,8 @@ fn run(fused: bool) -> (Vec<f32>, Vec<f32>, Vec<(String, Vec<f32>)>) {
     let y = perceiver.forward(&store, &x).unwrap();
     let w = Tensor::randn(y.shape(), DType::F32, &mut rng);
     y.mul(&w).unwrap().sum_all().unwrap().backward().unwrap();
-    let grads = store.iter().map(|(n, t)| (n.to_string(), t.grad().expect("every parameter gets a gradient").to_vec::<f32>().unwrap())).collect();
-    (y.contiguous().unwrap().to_vec::<f32>().unwrap(), x.grad().unwrap().to_vec::<f32>().unwrap(), grads)
+    let param_grads = store.iter().map(|(n, t)| (n.to_string(), t.grad().expect("every parameter gets a gradient").to_vec::<f32>().unwrap())).collect();
+    Run { output: y.contiguous().unwrap().to_vec::<f32>().unwrap(), feature_grad: x.grad().unwrap().to_vec::<f32>().unwrap(), param_grads }
 }
 
 fn close(what: &str, a: &[f32], b: &[f32]) {
@@ -36,10 +42,10 @@ fn fused_perceiver_attention_matches_the_composition() {
     let reference = run(false);
     let fused = run(true);
     set_fused(true);
-    close("output", &fused.0, &reference.0);
-    close("feature gradient", &fused.1, &reference.1);
-    assert_eq!(fused.2.len(), reference.2.len());
-    for ((name, g), (_, r)) in fused.2.iter().zip(&reference.2) {
+    close("output", &fused.output, &reference.output);
+    close("feature gradient", &fused.feature_grad, &reference.feature_grad);
+    assert_eq!(fused.param_grads.len(), reference.param_grads.len());
+    for ((name, g), (_, r)) in fused.param_grads.iter().zip(&reference.param_grads) {
         close(name, g, r);
     }
 }
