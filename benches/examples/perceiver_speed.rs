@@ -8,6 +8,10 @@ use flamingo_model::config::preset;
 use flamingo_model::flamingo::Flamingo;
 use std::time::Instant;
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_engine::CacheLineAlloc = flamingo_engine::CacheLineAlloc;
+
 fn main() {
     flamingo_engine::tune_allocator();
     let reps: usize = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(20);

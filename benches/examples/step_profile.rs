@@ -11,6 +11,10 @@ use flamingo_benches::train_step::{build_step, step_shape};
 use flamingo_engine::Device;
 use std::time::Instant;
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_engine::CacheLineAlloc = flamingo_engine::CacheLineAlloc;
+
 fn main() {
     flamingo_engine::tune_allocator(); // as the `flamingo` program does
     let args: Vec<String> = std::env::args().skip(1).collect();

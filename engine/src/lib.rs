@@ -39,6 +39,7 @@ pub use autograd::{is_grad_enabled, no_grad, no_grad_guard};
 pub use device::Device;
 pub use dtype::{DType, Element, FloatElement};
 pub use error::{Error, Result};
+pub use flamingo_kernels::alloc::CacheLineAlloc;
 pub use ops::conv::ConvParams;
 pub use params::ParamStore;
 pub use pool::tune_allocator;

@@ -3,6 +3,10 @@
 use flamingo_kernels::cpu::optim::{adamw, AdamWStep};
 use std::time::Instant;
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     let n = 31_518_736;
     let mut p: Vec<f32> = (0..n).map(|i| (i % 101) as f32 * 0.01).collect();

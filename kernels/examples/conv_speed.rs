@@ -20,6 +20,10 @@ fn median_ms(mut f: impl FnMut()) -> f64 {
     t[t.len() / 2]
 }
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     let mut geos = vec![
         ("3x3 g2 8x64x16x16->64".to_string(), ConvGeom { n: 8, c: 64, h: 16, w: 16, o: 64, kh: 3, kw: 3, stride: (1, 1), pad: (1, 1, 1, 1), groups: 2 }),

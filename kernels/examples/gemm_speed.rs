@@ -28,6 +28,10 @@ fn time(m: usize, n: usize, k: usize, ta: bool, tb: bool, par: bool) -> f64 {
     flops / best / 1e9
 }
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     let quick = std::env::args().any(|a| a == "quick");
     let which = std::env::var("FLAMINGO_GEMM").unwrap_or_else(|_| "default".into());

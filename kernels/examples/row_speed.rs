@@ -12,6 +12,10 @@ fn time(name: &str, mut f: impl FnMut()) {
     }
     println!("{name}: {:.3} ms", t.elapsed().as_secs_f64() * 50.0);
 }
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     let (rows, n) = (8192, 512);
     let x: Vec<f32> = (0..rows * n).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

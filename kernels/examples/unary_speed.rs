@@ -2,6 +2,10 @@
 //! are `flamingo bench` and the criterion benches).
 use flamingo_kernels::cpu::elementwise::{unary, UnaryOp};
 use std::time::Instant;
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     let n = 4 * 1024 * 1024;
     let x: Vec<f32> = (0..n).map(|i| ((i % 1000) as f32) / 250.0 - 2.0).collect();

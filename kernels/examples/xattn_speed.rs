@@ -7,7 +7,8 @@
 //! median of 21 rounds (fused) or 11 rounds (naive).
 //! Run: `cargo run -p flamingo-kernels --release --example xattn_speed`
 //! (RAYON_NUM_THREADS sets the thread count; XATTN_SKIP_NAIVE=1 times only the fused kernel;
-//! XATTN_M=8 or XATTN_M=4,8,16 picks the M values, e.g. to profile one of them; XATTN_CPU_TIME=1
+//! XATTN_M=8 or XATTN_M=4,8,16 picks the M values, e.g. to profile one of them; XATTN_RUNS=8
+//! splits the tokens into 8 runs whatever M is, cycling over the media; XATTN_CPU_TIME=1
 //! times process CPU time instead of wall-clock time, for comparisons on a busy machine).
 use flamingo_kernels::cpu::xattn::*;
 use std::time::Instant;
@@ -39,7 +40,8 @@ fn gen(n: usize, seed: u64) -> Vec<f32> {
 }
 
 impl Problem {
-    fn new(m: usize) -> Self {
+    /// M media; the tokens split into `runs` equal runs, run j seeing medium j mod M.
+    fn new(m: usize, runs: usize) -> Self {
         let s = XAttnShape { b: 8, t: 256, m, r: 64, h: 8, d: 64 };
         let media = (0..s.b * s.t)
             .map(|i| {
@@ -47,7 +49,7 @@ impl Problem {
                 if t < 8 {
                     0
                 } else {
-                    (t / (s.t / m) + 1) as i64
+                    ((t / (s.t / runs)) % m + 1) as i64
                 }
             })
             .collect();
@@ -136,21 +138,38 @@ fn median_ms(ps: &mut [Problem], f: fn(&mut Problem), warmup: usize, rounds: usi
         .collect()
 }
 
+// Cache-line-aligned tensors, as the `flamingo` program has (FLAMINGO_ALIGNED_ALLOC=0: glibc's).
+#[global_allocator]
+static ALLOC: flamingo_kernels::alloc::CacheLineAlloc = flamingo_kernels::alloc::CacheLineAlloc;
+
 fn main() {
     println!("rayon threads: {}", rayon::current_num_threads());
     let ms: Vec<usize> = match std::env::var("XATTN_M") {
         Ok(v) => v.split(',').map(|x| x.trim().parse().expect("XATTN_M: comma-separated M values")).collect(),
         Err(_) => vec![4, 8],
     };
-    let mut ps: Vec<Problem> = ms.into_iter().map(Problem::new).collect();
+    // XATTN_RUNS=8 splits the tokens into 8 runs whatever M is (runs cycle over the media), to
+    // separate the cost of more, shorter runs from that of more K/V data.
+    let runs: Option<usize> = std::env::var("XATTN_RUNS").ok().map(|v| v.trim().parse().expect("XATTN_RUNS: a number"));
+    let mut ps: Vec<Problem> = ms.into_iter().map(|m| Problem::new(m, runs.unwrap_or(m))).collect();
     let fused = median_ms(&mut ps, Problem::fused, 5, 21);
     let fwd = median_ms(&mut ps, Problem::fwd, 5, 21);
     let naive = if std::env::var_os("XATTN_SKIP_NAIVE").is_some() { None } else { Some(median_ms(&mut ps, Problem::naive, 1, 11)) };
     for (i, p) in ps.iter().enumerate() {
         let s = p.s;
         print!(
-            "B={} T={} M={} R={} H={} D={}: fused fwd+bwd {:8.2} ms (fwd {:.2}; min {:.2} / {:.2})",
-            s.b, s.t, s.m, s.r, s.h, s.d, fused[i].0, fwd[i].0, fused[i].1, fwd[i].1
+            "B={} T={} M={} runs={} R={} H={} D={}: fused fwd+bwd {:8.2} ms (fwd {:.2}; min {:.2} / {:.2})",
+            s.b,
+            s.t,
+            s.m,
+            runs.unwrap_or(s.m),
+            s.r,
+            s.h,
+            s.d,
+            fused[i].0,
+            fwd[i].0,
+            fused[i].1,
+            fwd[i].1
         );
         match &naive {
             Some(n) => println!(" | naive dense fwd+bwd {:8.2} ms", n[i].0),

@@ -187,6 +187,10 @@ enum Command {
     },
 }
 
+// Tensors start on a cache line (see `CacheLineAlloc`); FLAMINGO_ALIGNED_ALLOC=0 turns it off.
+#[global_allocator]
+static ALLOC: flamingo_engine::CacheLineAlloc = flamingo_engine::CacheLineAlloc;
+
 fn main() -> ExitCode {
     flamingo_engine::tune_allocator();
     let cli = Cli::parse();
