@@ -37,21 +37,33 @@ fn main() {
         // The GEMM table then covers the timed steps only.
         flamingo_kernels::cpu::gemm::stats::reset();
         let mut times = Vec::with_capacity(steps);
+        let mut rss = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t = Instant::now();
             step();
             times.push(t.elapsed().as_secs_f64() * 1e3);
+            rss.push(resident_mib());
         }
-        times
+        (times, rss)
     };
-    let times = if std::env::var_os("STEP_ON_MAIN").is_some() { body() } else { flamingo_engine::on_pool(body) };
+    let (times, rss) = if std::env::var_os("STEP_ON_MAIN").is_some() { body() } else { flamingo_engine::on_pool(body) };
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let tokens = (batch * images * chunk) as f64;
     let median = sorted[sorted.len() / 2];
     println!("{preset}: {steps} steps, ms: {}", times.iter().map(|t| format!("{t:.1}")).collect::<Vec<_>>().join(" "));
     println!("{preset}: median {median:.2} ms, {:.0} tokens/s", tokens / (median / 1e3));
+    if let (Some(first), Some(last)) = (rss.first().copied().flatten(), rss.last().copied().flatten()) {
+        println!("{preset}: resident memory after the first timed step {first} MiB, after the last {last} MiB");
+    }
     if flamingo_kernels::cpu::gemm::stats::enabled() {
         eprint!("{}", flamingo_kernels::cpu::gemm::stats::report());
     }
+}
+
+/// The process's resident set in MiB (Linux: `/proc/self/statm`; `None` elsewhere).
+fn resident_mib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096 >> 20)
 }

@@ -59,8 +59,8 @@ impl CpuStorage {
     }
     pub fn zeros(dtype: DType, n: usize) -> CpuStorage {
         match dtype {
-            DType::F32 => CpuStorage::F32(vec![0.0; n]),
-            DType::F64 => CpuStorage::F64(vec![0.0; n]),
+            DType::F32 => CpuStorage::F32(crate::pool::take_zeroed(n)),
+            DType::F64 => CpuStorage::F64(crate::pool::take_zeroed(n)),
             DType::BF16 => CpuStorage::BF16(vec![bf16::ZERO; n]),
             DType::F16 => CpuStorage::F16(vec![f16::ZERO; n]),
             DType::I64 => CpuStorage::I64(vec![0; n]),

@@ -65,7 +65,7 @@ impl Tensor {
             return Ok(Tensor::op_result_tensor(&out, "concat", tensors, |_| concat_backward(a, sizes)));
         }
         with_float_type!("concat", first.dtype(), T => {
-            let mut out = vec![T::zero(); out_shape.iter().product()];
+            let mut out = crate::pool::take_zeroed::<T>(out_shape.iter().product());
             let mut start = 0;
             for t in tensors {
                 let mut starts = vec![0; out_shape.len()];
@@ -153,7 +153,7 @@ impl Tensor {
             return Ok(Tensor::op_result_tensor(&out, "pad", &[self], |_| pad_backward(starts, in_shape)));
         }
         with_float_type!("pad", self.dtype(), T => {
-            let mut out = vec![T::from_f64(value); out_shape.iter().product()];
+            let mut out = crate::pool::take_filled::<T>(out_shape.iter().product(), T::from_f64(value));
             write_into::<T>(&mut out, &out_shape, self, &starts)?;
             Ok(Tensor::op_result(out, &out_shape, "pad", &[self], |_| pad_backward(starts, in_shape)))
         })

@@ -154,11 +154,11 @@ impl Tensor {
             }));
         }
         with_float_type!(NAME, self.dtype(), T => {
-            let mut out = vec![T::zero(); planes * ho * wo];
+            let mut out = crate::pool::take_zeroed::<T>(planes * ho * wo);
             self.with_contiguous::<T, _>(NAME, |xs| pool::avg_pool2d(xs, planes, s[2], s[3], kernel, stride, &mut out))?;
             Ok(Tensor::op_result(out, &[s[0], s[1], ho, wo], NAME, &[self], |_| {
                 Box::new(move |g: &Tensor, _| {
-                    let mut dx = vec![T::zero(); planes * s[2] * s[3]];
+                    let mut dx = crate::pool::take_zeroed::<T>(planes * s[2] * s[3]);
                     g.with_contiguous::<T, _>(NAME, |gs| pool::avg_pool2d_backward(gs, planes, s[2], s[3], kernel, stride, &mut dx))?;
                     Ok(vec![Some(Tensor::from_vec(dx, &s)?)])
                 })

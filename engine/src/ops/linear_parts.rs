@@ -106,7 +106,7 @@ impl Tensor {
                             let mut col = 0;
                             for (i, &o) in outs.iter().enumerate() {
                                 if needs(inp, i + 1) {
-                                    let mut dw = vec![T::zero(); o * d];
+                                    let mut dw = crate::pool::take_zeroed::<T>(o * d);
                                     let gt = MatRef { offset: col, rs: 1, cs: total as isize };
                                     // SAFETY: dw is [o, d]; g's block is read transposed through its strides.
                                     unsafe { gemm_raw(o, d, rows, dw.as_mut_ptr(), d as isize, false, gs, gt, xs, row_major, true) };

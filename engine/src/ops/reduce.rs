@@ -49,7 +49,7 @@ fn reduced_shape(shape: &[usize], axes: &[usize], keepdim: bool) -> Vec<usize> {
 
 fn sum_raw<T: FloatElement>(t: &Tensor, axes: &[usize]) -> Result<Vec<T>> {
     let (src, outer, n, inner) = as_outer_n_inner(t, axes)?;
-    let mut out = vec![T::zero(); outer * inner];
+    let mut out = crate::pool::take_zeroed::<T>(outer * inner);
     src.with_contiguous::<T, _>("sum", |x| reduce::sum_mid(x, outer, n, inner, &mut out))?;
     Ok(out)
 }
@@ -156,7 +156,7 @@ impl Tensor {
             return Ok((m, idx));
         }
         with_float_type!("max", self.dtype(), T => {
-            let mut vals = vec![T::zero(); outer * inner];
+            let mut vals = crate::pool::take_zeroed::<T>(outer * inner);
             let mut arg = vec![0usize; outer * inner];
             src.with_contiguous::<T, _>("max", |x| reduce::max_mid(x, outer, n, inner, &mut vals, &mut arg))?;
             let idx = Tensor::from_vec(arg.iter().map(|&i| i as i64).collect::<Vec<_>>(), &out_shape)?;
