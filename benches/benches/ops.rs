@@ -1,6 +1,10 @@
 //! Criterion benchmarks of the `ops` suite (the same cases `flamingo bench --suite ops` runs).
 use criterion::{criterion_group, criterion_main, Criterion};
 
+// The same allocator as the `flamingo` program, so both time the same memory layout.
+#[global_allocator]
+static ALLOC: flamingo_engine::CacheLineAlloc = flamingo_engine::CacheLineAlloc;
+
 fn ops(c: &mut Criterion) {
     let mut group = c.benchmark_group("ops");
     group.sample_size(20);
