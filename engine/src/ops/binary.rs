@@ -46,7 +46,7 @@ fn compare(a: &Tensor, b: &Tensor, name: &'static str, f: fn(f64, f64) -> bool) 
     let la = a.layout().broadcast_to(&shape, name)?;
     let lb = b.layout().broadcast_to(&shape, name)?;
     with_float_type!(name, a.dtype(), T => {
-        let mut out = crate::pool::take_zeroed::<T>(shape.iter().product());
+        let mut out = crate::pool::take::<T>(shape.iter().product()); // every element written
         a.with_strided::<T, _>(name, |da, _| b.with_strided::<T, _>(name, |db, _| {
             elementwise::compare(
                 Strided { data: da, offset: la.offset, strides: &la.strides },
@@ -147,7 +147,7 @@ impl Tensor {
         let (lc, la, lb) =
             (cond.layout().broadcast_to(&shape, NAME)?, on_true.layout().broadcast_to(&shape, NAME)?, on_false.layout().broadcast_to(&shape, NAME)?);
         with_float_type!(NAME, on_true.dtype(), T => {
-            let mut out = crate::pool::take_zeroed::<T>(shape.iter().product());
+            let mut out = crate::pool::take::<T>(shape.iter().product()); // every element written
             cond.with_strided::<T, _>(NAME, |dc, _| on_true.with_strided::<T, _>(NAME, |da, _| on_false.with_strided::<T, _>(NAME, |db, _| {
                 elementwise::select(
                     Strided { data: dc, offset: lc.offset, strides: &lc.strides },

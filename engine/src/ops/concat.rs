@@ -65,7 +65,7 @@ impl Tensor {
             return Ok(Tensor::op_result_tensor(&out, "concat", tensors, |_| concat_backward(a, sizes)));
         }
         with_float_type!("concat", first.dtype(), T => {
-            let mut out = crate::pool::take_zeroed::<T>(out_shape.iter().product());
+            let mut out = crate::pool::take::<T>(out_shape.iter().product()); // the inputs tile it
             let mut start = 0;
             for t in tensors {
                 let mut starts = vec![0; out_shape.len()];

@@ -154,7 +154,7 @@ impl Tensor {
             }));
         }
         with_float_type!(NAME, self.dtype(), T => {
-            let mut out = crate::pool::take_zeroed::<T>(planes * ho * wo);
+            let mut out = crate::pool::take::<T>(planes * ho * wo); // every element written
             self.with_contiguous::<T, _>(NAME, |xs| pool::avg_pool2d(xs, planes, s[2], s[3], kernel, stride, &mut out))?;
             Ok(Tensor::op_result(out, &[s[0], s[1], ho, wo], NAME, &[self], |_| {
                 Box::new(move |g: &Tensor, _| {

@@ -190,7 +190,7 @@ impl Tensor {
         }
         let (rows, n) = (w.shape()[0], w.numel() / w.shape()[0]);
         super::with_float_type!(OP, w.dtype(), T => {
-            let mut y = crate::pool::take_zeroed::<T>(w.numel());
+            let mut y = crate::pool::take::<T>(w.numel()); // every element written
             w.with_contiguous::<T, _>(OP, |ws| gain.with_contiguous::<T, _>(OP, |gs| flamingo_kernels::cpu::standardize::standardize_rows(ws, gs, rows, n, mode, &mut y)))??;
             Ok(Tensor::op_result(y, w.shape(), OP, &[w, gain], |_| {
                 Box::new(move |g: &Tensor, inp: &[Tensor]| {

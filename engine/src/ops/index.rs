@@ -19,7 +19,7 @@ fn checked_indices(op: &'static str, idx: &Tensor, size: usize) -> Result<Vec<us
 fn select_raw<T: FloatElement>(x: &Tensor, a: usize, idx: &[usize]) -> Result<Vec<T>> {
     let s = x.shape();
     let (outer, n, inner) = (s[..a].iter().product::<usize>(), s[a], s[a + 1..].iter().product::<usize>());
-    let mut out = crate::pool::take_zeroed::<T>(outer * idx.len() * inner);
+    let mut out = crate::pool::take::<T>(outer * idx.len() * inner); // every row copied
     x.with_contiguous::<T, _>("index_select", |xs| k::index_select_mid(xs, outer, n, inner, idx, &mut out))?;
     Ok(out)
 }

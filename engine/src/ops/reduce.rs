@@ -156,7 +156,7 @@ impl Tensor {
             return Ok((m, idx));
         }
         with_float_type!("max", self.dtype(), T => {
-            let mut vals = crate::pool::take_zeroed::<T>(outer * inner);
+            let mut vals = crate::pool::take::<T>(outer * inner); // every element written
             let mut arg = vec![0usize; outer * inner];
             src.with_contiguous::<T, _>("max", |x| reduce::max_mid(x, outer, n, inner, &mut vals, &mut arg))?;
             let idx = Tensor::from_vec(arg.iter().map(|&i| i as i64).collect::<Vec<_>>(), &out_shape)?;
