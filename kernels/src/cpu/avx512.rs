@@ -100,7 +100,7 @@ pub fn small_mm_available() -> bool {
 #[inline]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn mm_block<const ROWS: usize, const W: usize>(k: usize, args: MmArgs, tail: __mmask16) {
-    let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate } = args;
+    let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate, stream } = args;
     let mut s = [[_mm512_setzero_ps(); W]; ROWS];
     for p in 0..k {
         let bp = b.add(p * ldb);
@@ -121,9 +121,36 @@ unsafe fn mm_block<const ROWS: usize, const W: usize>(k: usize, args: MmArgs, ta
             let cp = c.add(r * ldc + 16 * w);
             let m = if w + 1 == W { tail } else { 0xFFFF };
             let v = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(m, cp), x) } else { x };
-            _mm512_mask_storeu_ps(cp, m, v);
+            if stream && m == 0xFFFF {
+                _mm512_stream_ps(cp, v);
+            } else {
+                _mm512_mask_storeu_ps(cp, m, v);
+            }
         }
     }
+}
+
+/// Full row blocks of one strip of `m` rows in blocks of `r` (see [`mm_strip`]).
+fn full_blocks(m: usize, r: usize) -> usize {
+    let full = m / r;
+    if full > 0 && (m % r == 1 || m % r == 2) {
+        full - 1
+    } else {
+        full
+    }
+}
+
+/// How many [`super::prefetch::step`]s [`small_mm`] takes for an `m × n` product: one per full
+/// row block of every column strip. Callers pace a prefetch queue by it.
+pub(super) fn prefetch_steps(m: usize, n: usize) -> usize {
+    let strips = n / 64;
+    let last = match n % 64 {
+        0 => 0,
+        1..=32 => full_blocks(m, 12),
+        33..=48 => full_blocks(m, 8),
+        _ => full_blocks(m, 6),
+    };
+    strips * full_blocks(m, 6) + last
 }
 
 /// All rows of one strip of `W` column vectors: blocks of `R` rows, then the remainder.
@@ -132,12 +159,10 @@ unsafe fn mm_block<const ROWS: usize, const W: usize>(k: usize, args: MmArgs, ta
 unsafe fn mm_strip<const W: usize, const R: usize>(m: usize, k: usize, args: MmArgs, tail: __mmask16) {
     // A remainder of 1 or 2 rows borrows one block's rows (→ two blocks of about R/2 + 1), since
     // a 1- or 2-row block does few FMAs per load (a run of 32 tokens is 5·6 + 2).
-    let mut full = m / R;
-    if full > 0 && (m % R == 1 || m % R == 2) {
-        full -= 1;
-    }
+    let full = full_blocks(m, R);
     let mut i = 0;
     for _ in 0..full {
+        super::prefetch::step();
         mm_block::<R, W>(k, args.rows_from(i), tail);
         i += R;
     }
@@ -244,7 +269,7 @@ mod tests {
                     let start: Vec<f32> = (0..m * (n + 5)).map(|i| (i % 7) as f32 * 0.5).collect();
                     let (mut wide, mut narrow) = (start.clone(), start.clone());
                     unsafe {
-                        let args = |c: *mut f32| MmArgs { a: a.as_ptr(), ars, acs, b: b.as_ptr(), ldb: n + 3, c, ldc: n + 5, accumulate };
+                        let args = |c: *mut f32| MmArgs { a: a.as_ptr(), ars, acs, b: b.as_ptr(), ldb: n + 3, c, ldc: n + 5, accumulate, stream: false };
                         small_mm(m, n, k, args(wide.as_mut_ptr()));
                         crate::cpu::xattn::avx2_small_mm(m, n, k, args(narrow.as_mut_ptr()));
                     }

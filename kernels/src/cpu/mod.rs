@@ -16,6 +16,7 @@ pub mod norm;
 pub mod optim;
 pub mod parallel;
 pub mod pool;
+pub mod prefetch;
 pub mod reduce;
 #[cfg(target_arch = "x86_64")]
 pub mod sgemm;

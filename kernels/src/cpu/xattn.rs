@@ -149,6 +149,9 @@ pub(super) struct MmArgs {
     pub c: *mut f32,
     pub ldc: usize,
     pub accumulate: bool,
+    /// Write C's full 16-lane vectors with non-temporal stores (C 64-byte aligned, `ldc` a
+    /// multiple of 16; AVX-512 kernel only). The caller fences.
+    pub stream: bool,
 }
 
 impl MmArgs {
@@ -198,7 +201,7 @@ pub(super) unsafe fn small_mm(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        let args = MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate };
+        let args = MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate, stream: false };
         if super::avx512::small_mm_available() {
             return super::avx512::small_mm(m, n, k, args);
         }
@@ -216,6 +219,37 @@ pub(super) unsafe fn small_mm(
             *cij = if accumulate { *cij + acc } else { acc };
         }
     }
+}
+
+/// Whether the backward may write a medium's dK/dV straight from its products with
+/// non-temporal stores ([`small_mm_stream`]): the AVX-512 products, 64-byte-aligned outputs and
+/// head rows a whole number of 16-lane vectors (so every row piece is whole cache lines).
+fn streams_from_products(s: &XAttnShape, dk: *const f32, dv: *const f32) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on = *ON.get_or_init(|| std::env::var("FLAMINGO_XATTN_DIRECT").as_deref() != Ok("0"));
+        on && super::avx512::small_mm_available() && s.d.is_multiple_of(16) && (dk as usize).is_multiple_of(64) && (dv as usize).is_multiple_of(64)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (s, dk, dv);
+        false
+    }
+}
+
+/// `C (m×n) = A (m×k) · B (k×n)` as [`small_mm`], C written with non-temporal stores (the caller
+/// fences); only where [`streams_from_products`] said yes.
+///
+/// # Safety
+/// As [`small_mm`]; C 64-byte aligned with `ldc` a multiple of 16.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn small_mm_stream(m: usize, n: usize, k: usize, a: *const f32, ars: usize, acs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+    #[cfg(target_arch = "x86_64")]
+    super::avx512::small_mm(m, n, k, MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate: false, stream: true });
+    #[cfg(not(target_arch = "x86_64"))]
+    small_mm(m, n, k, a, ars, acs, b, ldb, c, ldc, false);
 }
 
 /// The AVX2 kernel behind [`small_mm`], for the AVX-512 kernel's bit-equality test.
@@ -241,7 +275,7 @@ mod kern_avx2 {
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn block<const ROWS: usize, const W: usize, const FULL: bool>(k: usize, args: MmArgs, mask: __m256i) {
-        let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate } = args;
+        let MmArgs { a, ars, acs, b, ldb, c, ldc, accumulate, .. } = args;
         let mut s = [[_mm256_setzero_ps(); W]; ROWS];
         for p in 0..k {
             let bp = b.add(p * ldb);
@@ -895,6 +929,28 @@ pub fn masked_xattn_forward(
     Ok(())
 }
 
+/// Prefetch steps of one head of a backward tile of `len` tokens against `n` keys (whole media of
+/// `r` keys): the five products' row blocks ([`crate::cpu::avx512::prefetch_steps`]); 0 where the
+/// AVX-512 products do not run (no steps are taken there).
+fn prefetch_steps(r: usize, n: usize, len: usize, d: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if super::avx512::small_mm_available() {
+            use super::avx512::prefetch_steps as st;
+            return 2 * st(n, len) + st(len, d) + 2 * (n / r.max(1)) * st(r, d);
+        }
+    }
+    let _ = (r, n, len, d);
+    0
+}
+
+/// Whether the backward prefetches the next tile's operands while it works on this one
+/// (`FLAMINGO_XATTN_PREFETCH=0` turns it off, for side-by-side timing).
+fn prefetch_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("FLAMINGO_XATTN_PREFETCH").as_deref() != Ok("0"))
+}
+
 /// Grows a scratch buffer to at least `n` elements (it never shrinks).
 pub(super) fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
@@ -1001,6 +1057,7 @@ pub fn masked_xattn_backward(
     let groups = head_groups(s.b, s.h);
     let hpg = s.h.div_ceil(groups);
     let groups = s.h.div_ceil(hpg); // every group non-empty
+    let direct = stream_kv && streams_from_products(s, dk.as_ptr(), dv.as_ptr());
     let (dqp, dkp, dvp) = (SyncPtr(dq.as_mut_ptr()), SyncPtr(dk.as_mut_ptr()), SyncPtr(dv.as_mut_ptr()));
     // One item per (b, head group): it alone writes dk/dv[b, :, :, heads, :] and
     // dq[b, tiles, heads, :], walking the tiles of row b in token order (a fixed accumulation
@@ -1029,6 +1086,23 @@ pub fn masked_xattn_backward(
                 gather_heads(q.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.q);
                 gather_heads(d_o.as_ptr().add(row0), len, hd, h0, hg, d, &mut sc.d_o);
                 gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
+                // While this tile's products run, pull the next tile's operands into L2 (the
+                // next row's first tile after the last one: with one head group the same thread
+                // usually takes that row next). This and the direct dK/dV stores are what bring
+                // the M-doubling to ~+10 % (docs/PERF.md, session 15); the forward got slower with
+                // the same queue, so it has none.
+                let steps = hg * prefetch_steps(s.r, n, len, d) * 3 / 4;
+                let next = row_tiles.get(ti + 1).or_else(|| per_row.get(b + 1).and_then(|r| tl[r.clone()].first()));
+                if let (true, true, Some(nt)) = (prefetch_on() && groups == 1, steps > 0, next) {
+                    let (nk0, nn) = s.keys(mode, nt.mi);
+                    let (nrow0, nkey0) = ((nt.b * s.t + nt.t0) * hd, (nt.b * mr + nk0) * hd);
+                    let lines = (3 * nt.len + 2 * nn) * hd / 16;
+                    let rows = |x: &[f32], at: usize, n: usize| (x.as_ptr().add(at), n * hd);
+                    // Drained after about three quarters of this tile's row blocks, so the last
+                    // lines arrive before the next tile starts.
+                    let regions = [rows(k, nkey0, nn), rows(v, nkey0, nn), rows(q, nrow0, nt.len), rows(d_o, nrow0, nt.len), rows(o, nrow0, nt.len)];
+                    crate::cpu::prefetch::set(&regions, lines.div_ceil(steps));
+                }
                 // delta[g, i] = do · o over D, reading o row by row (all heads of a row are adjacent)
                 vectorized(
                     #[inline(always)]
@@ -1049,6 +1123,12 @@ pub fn masked_xattn_backward(
                 sc.acc.clear();
                 for m in k0 / s.r..(k0 + n) / s.r {
                     let fresh = sc.slot[m] == usize::MAX;
+                    if fresh && direct && sc.last[m] == ti {
+                        // This tile is the medium's only one: its dK/dV go straight out.
+                        sc.written[m] = true;
+                        sc.acc.push((m, usize::MAX, false));
+                        continue;
+                    }
                     if fresh {
                         sc.slot[m] = sc.free.pop().expect("a free dk/dv slot");
                     }
@@ -1078,14 +1158,21 @@ pub fn masked_xattn_backward(
                     // dK (+)= (scale·dS)ᵀ Q, dV (+)= Pᵀ dO, into each medium's slot
                     for &(m, slot, acc) in &sc.acc {
                         let j0 = m * s.r - k0;
+                        if slot == usize::MAX {
+                            let off = (b * mr + m * s.r) * hd + h * d;
+                            small_mm_stream(s.r, d, len, dp.as_ptr().add(j0 * len), len, 1, qc.as_ptr(), d, dkp.get().add(off), hd);
+                            small_mm_stream(s.r, d, len, p.as_ptr().add(j0 * len), len, 1, doc.as_ptr(), d, dvp.get().add(off), hd);
+                            continue;
+                        }
                         let kj = slot * s.r * hg * d + g * d;
                         small_mm(s.r, d, len, dp.as_ptr().add(j0 * len), len, 1, qc.as_ptr(), d, sc.dk.as_mut_ptr().add(kj), hg * d, acc);
                         small_mm(s.r, d, len, p.as_ptr().add(j0 * len), len, 1, doc.as_ptr(), d, sc.dv.as_mut_ptr().add(kj), hg * d, acc);
                     }
                 }
+                crate::cpu::prefetch::clear();
                 scatter_rows(&sc.dq, len, hg * d, dqp.get().add(row0 + h0 * d), hd, stream_dq);
                 for m in k0 / s.r..(k0 + n) / s.r {
-                    if sc.last[m] == ti {
+                    if sc.last[m] == ti && sc.slot[m] != usize::MAX {
                         let slot = std::mem::replace(&mut sc.slot[m], usize::MAX);
                         let blk = &sc.dk[slot * s.r * hg * d..(slot + 1) * s.r * hg * d];
                         scatter_rows(blk, s.r, hg * d, dkp.get().add((b * mr + m * s.r) * hd + h0 * d), hd, stream_kv);
@@ -1094,6 +1181,10 @@ pub fn masked_xattn_backward(
                         sc.free.push(slot);
                     }
                 }
+            }
+            #[cfg(target_arch = "x86_64")]
+            if direct {
+                std::arch::x86_64::_mm_sfence();
             }
             // Media nobody in this row attends to get zero gradient.
             for m in (0..s.m).filter(|&m| !sc.written[m]) {
@@ -1401,8 +1492,21 @@ mod tests {
                 let e = max_err(&o, &o_ref);
                 assert!(e < 1e-4, "{s:?} {mode:?}: forward max err {e}");
 
-                let (mut dq, mut dk, mut dv) = (vec![f32::NAN; s.q_len()], vec![f32::NAN; s.kv_len()], vec![f32::NAN; s.kv_len()]);
-                masked_xattn_backward(&s, mode, &q, &k, &v, &case.media, &o, &lse, &d_o, &mut dq, &mut dk, &mut dv).unwrap();
+                // dk/dv both 64-byte aligned (where the AVX-512 products may stream a medium's
+                // dK/dV straight out) and not (always through the per-medium scratch): same bits.
+                let mut runs = Vec::new();
+                for aligned in [true, false] {
+                    let mut bufs = [vec![f32::NAN; s.kv_len() + 17], vec![f32::NAN; s.kv_len() + 17]];
+                    let mut dq = vec![f32::NAN; s.q_len()];
+                    let offs = bufs.each_ref().map(|b| b.as_ptr().align_offset(64) + usize::from(!aligned));
+                    let [bk, bv] = &mut bufs;
+                    let (dk, dv) = (&mut bk[offs[0]..offs[0] + s.kv_len()], &mut bv[offs[1]..offs[1] + s.kv_len()]);
+                    masked_xattn_backward(&s, mode, &q, &k, &v, &case.media, &o, &lse, &d_o, &mut dq, dk, dv).unwrap();
+                    runs.push((dq, dk.to_vec(), dv.to_vec()));
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&runs[0].1) == bits(&runs[1].1) && bits(&runs[0].2) == bits(&runs[1].2), "{s:?} {mode:?}: aligned dk/dv differ");
+                let (dq, dk, dv) = runs.swap_remove(0);
                 let (mut dq_r, mut dk_r, mut dv_r) = (vec![0.0; s.q_len()], vec![0.0; s.kv_len()], vec![0.0; s.kv_len()]);
                 masked_xattn_backward_naive(&s, mode, &q, &k, &v, &case.media, &d_o, &mut dq_r, &mut dk_r, &mut dv_r);
                 for (name, a, b) in [("dq", &dq, &dq_r), ("dk", &dk, &dk_r), ("dv", &dv, &dv_r)] {
