@@ -82,3 +82,49 @@ pub fn step() {
         q.at.set(at);
     })
 }
+
+/// Lines this thread's queue has left to prefetch.
+#[cfg(test)]
+fn pending() -> usize {
+    QUEUE.with(|q| {
+        let at = q.at.get();
+        if at >= MAX_REGIONS {
+            return 0;
+        }
+        q.regions[at..].iter().map(|r| r.get()).map(|(cur, end)| end.saturating_sub(cur).div_ceil(LINE)).sum()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue walks every line of its regions in order, `per_step` lines a step, skipping
+    /// empty regions; `set` replaces it and `clear` empties it.
+    #[test]
+    fn queue_covers_every_line_at_the_given_pace() {
+        let a = vec![0f32; 1000];
+        let b = vec![0f32; 64];
+        let lines = |p: *const f32, n: usize| ((p as usize + 4 * n).div_ceil(LINE)) - (p as usize / LINE);
+        let total = lines(a.as_ptr(), 1000) + lines(b.as_ptr(), 64);
+        set(&[(a.as_ptr(), 1000), (b.as_ptr(), 0), (b.as_ptr(), 64)], 3);
+        assert_eq!(pending(), total);
+        let mut steps = 0;
+        while pending() > 0 {
+            let before = pending();
+            step();
+            steps += 1;
+            assert!(before - pending() <= 3 && before > pending(), "a step takes 1–3 lines");
+            assert!(steps <= total, "the queue must drain");
+        }
+        assert!(steps >= total.div_ceil(3));
+        step(); // an empty queue stays empty
+        assert_eq!(pending(), 0);
+        set(&[(a.as_ptr(), 1000)], 1);
+        assert!(pending() > 0);
+        clear();
+        assert_eq!(pending(), 0);
+        set(&[], 4);
+        assert_eq!(pending(), 0);
+    }
+}
