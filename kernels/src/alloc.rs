@@ -215,6 +215,17 @@ mod tests {
             *big.add(3 * MIN_SIZE - 1) = 7;
             let bigger = a.realloc(big, Layout::from_size_align(3 * MIN_SIZE, 8).unwrap(), 5 * MIN_SIZE);
             assert!((0..100).all(|i| *bigger.add(i) == i as u8) && *bigger.add(3 * MIN_SIZE - 1) == 7);
+            // large → huge-page class (≥ HUGE_MIN) → larger still → back, contents kept each time
+            let huge = a.realloc(bigger, Layout::from_size_align(5 * MIN_SIZE, 8).unwrap(), HUGE_MIN + 100);
+            if on && huge_pages() {
+                assert_eq!(huge as usize % HUGE_ALIGN, 0);
+            }
+            assert!((0..100).all(|i| *huge.add(i) == i as u8) && *huge.add(3 * MIN_SIZE - 1) == 7);
+            *huge.add(HUGE_MIN + 99) = 9;
+            let huger = a.realloc(huge, Layout::from_size_align(HUGE_MIN + 100, 8).unwrap(), 3 * HUGE_MIN);
+            assert!((0..100).all(|i| *huger.add(i) == i as u8) && *huger.add(HUGE_MIN + 99) == 9);
+            let bigger = a.realloc(huger, Layout::from_size_align(3 * HUGE_MIN, 8).unwrap(), 5 * MIN_SIZE);
+            assert!((0..100).all(|i| *bigger.add(i) == i as u8) && *bigger.add(3 * MIN_SIZE - 1) == 7);
             let back = a.realloc(bigger, Layout::from_size_align(5 * MIN_SIZE, 8).unwrap(), 64);
             assert!((0..64).all(|i| *back.add(i) == i as u8));
             a.dealloc(back, Layout::from_size_align(64, 8).unwrap());
