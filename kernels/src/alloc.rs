@@ -49,18 +49,25 @@ pub struct CacheLineAlloc;
 /// 0: not read yet; 1: aligning; 2: off (`FLAMINGO_ALIGNED_ALLOC=0`).
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether large blocks are aligned in this run. Decided once: an allocation and its release must
-/// agree on the layout. Reads the variable with `getenv`, which does not allocate.
-fn aligning() -> bool {
-    match STATE.load(Ordering::Relaxed) {
+/// A switch decided once per run and kept in `state` (0: not decided yet, 1: on, 2: off):
+/// `decide` runs on the first call.
+#[inline]
+fn decided_once(state: &AtomicU8, decide: impl FnOnce() -> bool) -> bool {
+    match state.load(Ordering::Relaxed) {
         1 => true,
         2 => false,
         _ => {
-            let off = env_is_zero(c"FLAMINGO_ALIGNED_ALLOC");
-            STATE.store(if off { 2 } else { 1 }, Ordering::Relaxed);
-            !off
+            let on = decide();
+            state.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+            on
         }
     }
+}
+
+/// Whether large blocks are aligned in this run. Decided once: an allocation and its release must
+/// agree on the layout. Reads the variable with `getenv`, which does not allocate.
+fn aligning() -> bool {
+    decided_once(&STATE, || !env_is_zero(c"FLAMINGO_ALIGNED_ALLOC"))
 }
 
 /// Whether the environment variable `name` is `0`. Uses `getenv`, which does not allocate.
@@ -91,15 +98,7 @@ static HUGE_STATE: AtomicU8 = AtomicU8::new(0);
 
 /// Whether large blocks get huge pages in this run; decided once, as [`aligning`].
 fn huge_pages() -> bool {
-    match HUGE_STATE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let on = cfg!(target_os = "linux") && !env_is_zero(c"FLAMINGO_HUGE_PAGES");
-            HUGE_STATE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
-            on
-        }
-    }
+    decided_once(&HUGE_STATE, || cfg!(target_os = "linux") && !env_is_zero(c"FLAMINGO_HUGE_PAGES"))
 }
 
 /// Asks for transparent huge pages over the whole 2 MiB pages of a block of layout `l` (a
