@@ -1104,9 +1104,9 @@ pub fn masked_xattn_backward(
                 gather_heads(k.as_ptr().add(key0), n, hd, h0, hg, d, &mut sc.k);
                 // While this tile's products run, pull the next tile's operands into L2 (the
                 // next row's first tile after the last one: with one head group the same thread
-                // usually takes that row next). This and the direct dK/dV stores are what bring
-                // the M-doubling to ~+10 % (docs/PERF.md, session 15); the forward got slower with
-                // the same queue, so it has none.
+                // usually takes that row next). With the direct dK/dV stores this took the
+                // M-doubling from +18–20 % to +8–16 % (docs/PERF.md, session 15); the forward got
+                // slower with the same queue, so it has none.
                 let steps = hg * prefetch_steps(s.r, n, len, d) * 3 / 4;
                 let next = row_tiles.get(ti + 1).or_else(|| per_row.get(b + 1).and_then(|r| tl[r.clone()].first()));
                 if let (true, true, Some(nt)) = (prefetch_on() && groups == 1, steps > 0, next) {
