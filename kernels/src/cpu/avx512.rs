@@ -140,17 +140,18 @@ fn full_blocks(m: usize, r: usize) -> usize {
     }
 }
 
+/// Rows per register block of a strip `W` vectors wide (`ROWS[W - 1]`): about 24 accumulators.
+/// [`small_mm`] and [`prefetch_steps`] both read it.
+const ROWS: [usize; 4] = [12, 12, 8, 6];
+
 /// How many [`super::prefetch::step`]s [`small_mm`] takes for an `m × n` product: one per full
 /// row block of every column strip. Callers pace a prefetch queue by it.
 pub(super) fn prefetch_steps(m: usize, n: usize) -> usize {
-    let strips = n / 64;
     let last = match n % 64 {
         0 => 0,
-        1..=32 => full_blocks(m, 12),
-        33..=48 => full_blocks(m, 8),
-        _ => full_blocks(m, 6),
+        left => full_blocks(m, ROWS[left.div_ceil(16) - 1]),
     };
-    strips * full_blocks(m, 6) + last
+    n / 64 * full_blocks(m, ROWS[3]) + last
 }
 
 /// All rows of one strip of `W` column vectors: blocks of `R` rows, then the remainder.
@@ -200,7 +201,7 @@ unsafe fn rest_block<const W: usize>(rows: usize, k: usize, args: MmArgs, tail: 
 pub(super) unsafe fn small_mm(m: usize, n: usize, k: usize, args: MmArgs) {
     let mut j = 0;
     while j + 64 <= n {
-        mm_strip::<4, 6>(m, k, args.cols_from(j), 0xFFFF);
+        mm_strip::<4, { ROWS[3] }>(m, k, args.cols_from(j), 0xFFFF);
         j += 64;
     }
     // The last strip is as wide as what is left, its last vector masked: a run of 24 tokens as
@@ -211,10 +212,10 @@ pub(super) unsafe fn small_mm(m: usize, n: usize, k: usize, args: MmArgs) {
     let tail = |lanes: usize| if lanes == 16 { 0xFFFF } else { (1u16 << lanes) - 1 };
     match left {
         0 => {}
-        1..=16 => mm_strip::<1, 12>(m, k, args.cols_from(j), tail(left)),
-        17..=32 => mm_strip::<2, 12>(m, k, args.cols_from(j), tail(left - 16)),
-        33..=48 => mm_strip::<3, 8>(m, k, args.cols_from(j), tail(left - 32)),
-        _ => mm_strip::<4, 6>(m, k, args.cols_from(j), tail(left - 48)),
+        1..=16 => mm_strip::<1, { ROWS[0] }>(m, k, args.cols_from(j), tail(left)),
+        17..=32 => mm_strip::<2, { ROWS[1] }>(m, k, args.cols_from(j), tail(left - 16)),
+        33..=48 => mm_strip::<3, { ROWS[2] }>(m, k, args.cols_from(j), tail(left - 32)),
+        _ => mm_strip::<4, { ROWS[3] }>(m, k, args.cols_from(j), tail(left - 48)),
     }
 }
 
@@ -250,6 +251,28 @@ mod tests {
             super::super::avx2::gelu_backward(&x, &g, &mut b);
         }
         assert_eq!(bits(&a), bits(&b), "backward");
+    }
+
+    /// `prefetch_steps` counts the steps `small_mm` really takes (one queued line per step).
+    #[test]
+    fn prefetch_steps_counts_the_products_steps() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512F (this kernel does not run here)");
+            return;
+        }
+        let region = vec![0f32; 1 << 16];
+        for &(m, n) in &[(64, 64), (64, 32), (32, 64), (56, 24), (64, 40), (13, 100), (3, 200), (64, 256)] {
+            let k = 8;
+            let (a, b, mut c) = (vec![0.5f32; m * k], vec![0.25f32; k * n], vec![0f32; m * n]);
+            super::super::prefetch::set(&[(region.as_ptr(), region.len())], 1);
+            let before = super::super::prefetch::pending();
+            unsafe {
+                small_mm(m, n, k, MmArgs { a: a.as_ptr(), ars: k, acs: 1, b: b.as_ptr(), ldb: n, c: c.as_mut_ptr(), ldc: n, accumulate: false, stream: false });
+            }
+            let taken = before - super::super::prefetch::pending();
+            super::super::prefetch::clear();
+            assert_eq!(taken, prefetch_steps(m, n), "{m} × {n}");
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn step() {
 
 /// Lines this thread's queue has left to prefetch.
 #[cfg(test)]
-fn pending() -> usize {
+pub(crate) fn pending() -> usize {
     QUEUE.with(|q| {
         let at = q.at.get();
         if at >= MAX_REGIONS {
